@@ -199,15 +199,24 @@ def _elementwise(v: Value) -> list[str]:
     return lines
 
 
-def staged_factors(v: Value) -> list[Value]:
+def staged_factors(v: Value, by_channel_blocks: bool = False) -> list[Value]:
     """The factors of an ir.DecayedProduct stored to the program's scratch memory (`stage`) for `decayed_product`:
     those it reads at another token's position (a partner's rows, or a (t, s) entry per row), and the log-decays a,
-    whose rows at the sub-chunks' starts are the anchors. (Summed over the channel, the product's result is the (t, s)
-    tile and the mask is applied to it whole.)"""
+    whose rows at the sub-chunks' starts are the anchors; by channel blocks, every factor with the channel axis too,
+    since a register tile cannot be read a block of columns at a time. (Summed over the channel, the product's
+    result is the (t, s) tile and the mask is applied to it whole.)"""
     _, partner = _token_roles(v)
     x, y, a, b, mask = v.args
-    by_channel = _summed_axis(v) == ir.decay_channel(v)
-    return [z for z in (x, y, mask, b) if partner in z.axes and not (z is mask and by_channel)] + [a]
+    chan = ir.decay_channel(v)
+    by_channel = _summed_axis(v) == chan
+    return [z for z in (x, y, mask, b) if (partner in z.axes or (by_channel_blocks and chan in z.axes))
+            and not (z is mask and by_channel)] + [a]
+
+
+def keeps_channel(v: Value) -> bool:
+    """Whether an ir.DecayedProduct's result has the channel axis (a (t, s) matrix applied to a token tile), so that
+    by channel blocks it is made a block of columns at a time and stored to a slot of its own."""
+    return ir.decay_channel(v) in v.axes
 
 
 def _summed_axis(v: Value) -> str:
@@ -233,11 +242,13 @@ def same_tile(z: Value) -> Value:
     return z
 
 
-def _local_offsets(axes: tuple[str, ...]) -> str:
-    """Offsets of a tile stored row-major by its register extents (SHAPE), from its slot's start."""
+def _local_offsets(axes: tuple[str, ...], index: dict[str, str] | None = None) -> str:
+    """Offsets of a tile stored row-major by its register extents (SHAPE), from its slot's start; an axis in `index`
+    is read at that expression's positions only (a block of channel columns) instead of its whole extent."""
+    at = [(index or {}).get(a, f"tl.arange(0, {SHAPE[a]})") for a in axes]
     if len(axes) == 1:
-        return f"tl.arange(0, {SHAPE[axes[0]]})"
-    return f"tl.arange(0, {SHAPE[axes[0]]})[:, None] * {SHAPE[axes[1]]} + tl.arange(0, {SHAPE[axes[1]]})[None, :]"
+        return at[0]
+    return f"{at[0]}[:, None] * {SHAPE[axes[1]]} + {at[1]}[None, :]"
 
 
 def stage(z: Value, base: str) -> str:
@@ -245,7 +256,8 @@ def stage(z: Value, base: str) -> str:
     return f"tl.store({base} + {_local_offsets(z.axes)}, {name(z)})"
 
 
-def decayed_product(v: Value, bases: dict[int, str]) -> list[str]:
+def decayed_product(v: Value, bases: dict[int, str], by_channel_blocks: bool = False,
+                    result_slot: str | None = None) -> list[str]:
     """ir.DecayedProduct, Σ over the axis m its result lacks of x·y·e^{a[t, c] − b[s, c]}·mask[t, s], by sub-chunks of
     BC tokens (the scheme of flash-linear-attention's chunk_gla; derivation in docs/compiler.md):
 
@@ -257,7 +269,13 @@ def decayed_product(v: Value, bases: dict[int, str]) -> list[str]:
 
     (C/BC + 1 + BC)·C·D exponentials where a position at a time of the summed axis takes C·C·D. The factors read at
     another token's position, and a (whose rows at the sub-chunks' starts are the anchors), come from the program's
-    scratch memory (bases: their slots)."""
+    scratch memory (bases: their slots).
+
+    By channel blocks (`by_channel_blocks`, in an MLP memory's kernels), all of it runs once per block of BK channel
+    columns, every factor with the channel axis read from scratch by that block: whole, the steps' (C, channels)
+    tiles at D = 128 held 32 registers a thread each (8 warps) and Yaad's key-gradient term spilled 552 B a thread
+    at sm_90a, all of it on these lines. A result summed over the channel adds up the blocks' products; one that
+    keeps the channel is stored a block at a time to `result_slot` and read back whole."""
     x, y, a, b, mask = v.args
     if not (isinstance(mask.op, ir.Mask) and mask.op.kind in ("causal", "strict")):
         raise NotImplementedError(f"{describe(v)}: a channel-decay product needs a causal or strict mask, got "
@@ -265,19 +283,27 @@ def decayed_product(v: Value, bases: dict[int, str]) -> list[str]:
     m, chan = _summed_axis(v), ir.decay_channel(v)
     own, partner = _token_roles(v)
     nm, width, pos = name(v), SHAPE[chan], "tl.arange(0, C)"
+    cols = {chan: f"{nm}_c"} if by_channel_blocks else {}
+    blocked_result = by_channel_blocks and m != chan
+    acc = f"{nm}_block" if blocked_result else nm  # the tile the pairs add into
     work = ir.canonical((own, chan))  # a within-sub-chunk step's tile: each row of `own` against its partner
 
     def rows(base: str, index: str) -> str:
         """The (C, channels) tile of a staged (token, c) factor's rows at `index`."""
-        return f"tl.load({base} + {index}[:, None] * {width} + tl.arange(0, {width})[None, :])"
+        return f"tl.load({base} + {index}[:, None] * {width} + {cols.get(chan, f'tl.arange(0, {width})')}[None, :])"
 
     loads: list[str] = []
+    held: list[str] = []  # by channel blocks: the block of a factor without the partner axis, for every step
     loaded: dict[str, str] = {}  # address -> the tile loaded from it (a and b may be one tile)
 
     def paired(z: Value, label: str) -> str:
-        """z at (row, its partner) aligned to `work`: whole where it lacks the partner axis, else read from scratch."""
+        """z at (row, its partner) aligned to `work`: whole where it lacks the partner axis (by channel blocks, its
+        block read from scratch once, before the steps), else read from scratch."""
         if partner not in z.axes:
-            return align(z, work)
+            if not (by_channel_blocks and chan in z.axes):
+                return align(z, work)
+            held.append(f"{nm}_{label}w = tl.load({bases[z.id]} + {_local_offsets(z.axes, cols)})")
+            return _spread(f"{nm}_{label}w", z.axes, work)
         if chan in z.axes:
             address = rows(bases[z.id], f"{nm}_p")
         else:  # (t, s): the entry of each row's partner
@@ -292,31 +318,47 @@ def decayed_product(v: Value, bases: dict[int, str]) -> list[str]:
     term = f"{' * '.join(factors)} * tl.exp(tl.minimum({paired(a, 'a')} - {paired(b, 'b')}, 0.0))"
     if m == chan:  # a (t, s) result: each row's sum over c goes to its partner's column
         add = [f"    {nm}_d = tl.sum({term}, axis={work.index(chan)})",
-               f"    {nm} += tl.where({pos}[None, :] == {nm}_p[:, None], {nm}_d[:, None], 0.0)"]
+               f"    {acc} += tl.where({pos}[None, :] == {nm}_p[:, None], {nm}_d[:, None], 0.0)"]
     else:
-        add = [f"    {nm} += {term}"]
-    lines = [f"{nm} = tl.zeros({tile_shape(v.axes)}, DTYPE)",
-             f"{nm}_r = ({pos} // BC) * BC  # where each token's sub-chunk starts",
-             *_across_sub_chunks(v, bases, rows(bases[a.id], f"{nm}_r")),
+        add = [f"    {acc} += {term}"]
+    shape = "(" + ", ".join("BK" if ax in cols else SHAPE[ax] for ax in v.axes) + ")"
+    pairs = [*([f"{acc} = tl.zeros({shape}, DTYPE)"] if acc != nm or not by_channel_blocks else []),
+             *_across_sub_chunks(v, bases, rows(bases[a.id], f"{nm}_r"), acc, cols), *held,
              f"for {nm}_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk",
              f"    {nm}_p = {nm}_r + {nm}_j", *loads, *add]
+    first = [f"{nm}_r = ({pos} // BC) * BC  # where each token's sub-chunk starts"]
+    if not by_channel_blocks:
+        lines = [pairs[0], *first, *pairs[1:]]
+    else:
+        block = [f"{nm}_c = {nm}_cb + tl.arange(0, BK)", *pairs]
+        if blocked_result:
+            block.append(f"tl.store({result_slot} + {_local_offsets(v.axes, cols)}, {acc})")
+        lines = [*first, *([f"{nm} = tl.zeros({tile_shape(v.axes)}, DTYPE)"] if not blocked_result else []),
+                 f"for {nm}_cb in range(0, {width}, BK):  # the channels, a block of BK columns at a time",
+                 *["    " + x for x in block]]
+        if blocked_result:
+            lines += ["tl.debug_barrier()  # the blocks other threads stored",
+                      f"{nm} = tl.load({result_slot} + {_local_offsets(v.axes)})"]
     return lines + ([f"{nm} = {nm} * {name(mask)}"] if m == chan else [])
 
 
-def _across_sub_chunks(v: Value, bases: dict[int, str], anchor_rows: str) -> list[str]:
+def _across_sub_chunks(v: Value, bases: dict[int, str], anchor_rows: str, acc: str,
+                       cols: dict[str, str]) -> list[str]:
     """The pairs of `decayed_product` with s in an earlier sub-chunk than t: per sub-chunk k of rows t (from r = k·BC),
     a matrix product of the factors with e^{a[t] − a[r]} and e^{a[r] − b[s]}·[s < r], each put on the operand that
     holds the summed axis, or on the result. The first, the same for every k, is applied once, outside the loop (on
     an operand before it, on the result after it), so that it holds no registers across the loop; a factor stored in
-    scratch memory is read from there, so that its register tile need not live through the loop either."""
+    scratch memory is read from there, so that its register tile need not live through the loop either. `acc`: the
+    tile the products add into; `cols`: the channel block's columns, by channel blocks."""
     x, y, a, b, _ = v.args
     m, chan = _summed_axis(v), ir.decay_channel(v)
-    nm, width, pos = name(v), SHAPE[chan], "tl.arange(0, C)"
+    nm, width = name(v), SHAPE[chan]
+    pos = "tl.arange(0, C)"
 
     def whole(z: Value) -> str:
-        return f"tl.load({bases[z.id]} + {_local_offsets(z.axes)})" if z.id in bases else name(z)
+        return f"tl.load({bases[z.id]} + {_local_offsets(z.axes, cols)})" if z.id in bases else name(z)
 
-    anchor = f"tl.load({bases[a.id]} + {nm}_start * {width} + tl.arange(0, {width}))"
+    anchor = f"tl.load({bases[a.id]} + {nm}_start * {width} + {cols.get(chan, f'tl.arange(0, {width})')})"
     lines = [f"{nm}_A = tl.exp(tl.minimum({whole(a)} - {anchor_rows}, 0.0))  # e^(a[t] - a at t's sub-chunk start)"]
     operands, per_block, after = [[whole(x)], [whole(y)]], [], []
     for expr, axes, fixed in ((f"{nm}_A", a.axes, True), (f"{nm}_B", b.axes, False), (f"{nm}_rows", ("t",), False)):
@@ -338,8 +380,8 @@ def _across_sub_chunks(v: Value, bases: dict[int, str], anchor_rows: str) -> lis
               f"    {nm}_B = tl.where({pos}[:, None] < {nm}_start, "
               f"tl.exp(tl.minimum({anchor}[None, :] - {whole(b)}, 0.0)), 0.0)",
               f"    {nm}_rows = tl.where({pos} // BC == {nm}_k, 1.0, 0.0)",
-              f"    {nm} += {product}"]
-    return lines + [f"{nm} = {nm} * {factor}" for factor in after]
+              f"    {acc} += {product}"]
+    return lines + [f"{acc} = {acc} * {factor}" for factor in after]
 
 
 def line(v: Value) -> list[str]:  # noqa: C901 - one case per op

@@ -29,6 +29,7 @@ from .emit_triton import (
     decayed_product,
     dot_expr,
     inlined,
+    keeps_channel,
     line,
     name,
     reduces_hidden,
@@ -287,7 +288,8 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
          wide_sources: dict[str, tuple[str, str]] | None = None,
          wide_outputs: dict[str, list[tuple[str, str, str]]] | None = None,
          reloadable: frozenset[str] = frozenset(), early_stores: dict[str, str] | None = None,
-         block_stores: dict[str, str] | None = None, held: frozenset[str] = frozenset()) -> Body:
+         block_stores: dict[str, str] | None = None, held: frozenset[str] = frozenset(),
+         channel_blocks: bool = False) -> Body:
     """The lines computing the graph's outputs.
 
     loads: the load of each narrow input, emitted just before its first use. wide_sources: where each wide input's
@@ -300,7 +302,8 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     store of a narrow output that the lines may make themselves, a block of head columns at a time (named in the
     result's `stored`; "head-axis blocks"). held: narrow inputs that a kernel walking the chunks may load once,
     before its chunk loop, instead (the constexpr PARAMS_ONCE, which the caller's prologue reads): their loads here,
-    the first and any again, are written under `if not PARAMS_ONCE:`."""
+    the first and any again, are written under `if not PARAMS_ONCE:`. channel_blocks: make the channel-decay products
+    by blocks of BK channel columns (emit_triton.decayed_product), in a kernel whose value axis is whole (BV = D)."""
     loads, wide_sources, wide_outputs = loads or {}, wide_sources or {}, wide_outputs or {}
     early_stores = early_stores or {}
     order = schedule(graph)
@@ -318,7 +321,9 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     accumulated = {u.id for u in into.values()}
     kept = [v for seg in segments if isinstance(seg, _Loop) for v in seg.values
             if v.id in read_elsewhere and not isinstance(v.op, ir.Input)]
-    factors = [z for v in order if isinstance(v.op, ir.DecayedProduct) for z in staged_factors(v)]
+    factors = [z for v in order if isinstance(v.op, ir.DecayedProduct) for z in staged_factors(v, channel_blocks)]
+    # by channel blocks, a product's result with the channel axis is stored a block at a time to a slot of its own
+    block_results = [v for v in order if channel_blocks and isinstance(v.op, ir.DecayedProduct) and keeps_channel(v)]
     reload = {v.id: f"{v.op.name} = {loads[v.op.name]}" for v in order
               if isinstance(v.op, ir.Input) and v.op.name in reloadable and v.op.name in loads}
     running = _running_sums(segments, graph, set(out_of) | accumulated)
@@ -354,6 +359,7 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
     factor_tiles = list({same_tile(z).id: same_tile(z) for z in factors}.values())
     in_park = _factors_read_from_park(factor_tiles, evicted, reload)
     kept += [z for z in factor_tiles if z.id not in in_park]
+    kept += [v for v in block_results if v.id not in {z.id for z in kept}]
     slot = {v.id: " + ".join(["scratch"] + [_slot_offset(kept, k)] * (k > 0)) for k, v in enumerate(kept)}
     by_id = {v.id: v for v in order}
     park_slot = {}  # a slot of its own, even for a tile kept above (that slot may be written after it is read)
@@ -392,6 +398,11 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
         if isinstance(seg, _Rows):
             _emit_rows(seg, *row_ends[j], j, reads, parking, park_slot, loads, held_ids, lines)
             continue
+        if channel_blocks and isinstance(seg, Value) and isinstance(seg.op, ir.DecayedProduct):
+            # by channel blocks the product reads its staged factors from their slots only: one staged already (by
+            # an earlier product, or parked where made) need not come back to the registers and stay there through
+            # the product until its next reader
+            reads -= {z.id for z in staged_factors(seg, True) if same_tile(z).id in staged}
         parking.read_back(j, reads, lines)
         if not isinstance(seg, _Loop):
             if seg.id in blocked.skipped:  # read only by products made by head-axis blocks, or stored by them
@@ -405,7 +416,7 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
             elif seg.id in blocked.dots:
                 lines += _with_hint(seg, _head_blocked_dot(seg, loads, blocked.chains[seg.id]))
             elif isinstance(seg.op, ir.DecayedProduct):
-                lines += _decayed_product_lines(seg, slot, staged)
+                lines += _decayed_product_lines(seg, slot, staged, channel_blocks)
             elif seg.id in running_totals:  # its running terms are in its tile already: the others join
                 rest = [t for t in summands(seg) if t.id not in running]
                 lines += _with_hint(seg, [f"{name(seg)} = {' + '.join(name(x) for x in [seg, *rest])}"] if rest else [])
@@ -961,16 +972,19 @@ def _factors_read_from_park(tiles: list[Value], evicted: dict[int, set[int]], re
     return {z.id for z in tiles if z.id in evicted and z.id not in reload and all(SIZE[a] == SHAPE[a] for a in z.axes)}
 
 
-def _decayed_product_lines(v: Value, slot: dict[int, str], staged: set[int]) -> list[str]:
+def _decayed_product_lines(v: Value, slot: dict[int, str], staged: set[int], channel_blocks: bool) -> list[str]:
     """A channel-decay product: its staged factors stored to their slots (once per chunk, unless an earlier product
     stored them), then the product reading them; barriers around it, since every thread reads what other threads
     stored, and (in a kernel walking its chunks) the next chunk stores them again. The product gets the slots of its
-    own staged factors only: another product's may not be stored yet."""
-    tiles = list({same_tile(z).id: same_tile(z) for z in staged_factors(v)}.values())
+    own staged factors only: another product's may not be stored yet; by channel blocks, a result with the channel
+    axis its own slot too."""
+    factors = staged_factors(v, channel_blocks)
+    tiles = list({same_tile(z).id: same_tile(z) for z in factors}.values())
     lines = [stage(z, slot[z.id]) for z in tiles if z.id not in staged]
     staged.update(z.id for z in tiles)
+    result_slot = slot[v.id] if channel_blocks and keeps_channel(v) else None
     return (lines + ["tl.debug_barrier()  # the slices below come from tiles other threads stored"] +
-            _with_hint(v, decayed_product(v, {z.id: slot[z.id] for z in staged_factors(v)})) +
+            _with_hint(v, decayed_product(v, {z.id: slot[z.id] for z in factors}, channel_blocks, result_slot)) +
             ["tl.debug_barrier()  # every slice read before the slots are written again"])
 
 

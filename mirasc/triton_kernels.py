@@ -201,13 +201,19 @@ class _Assembler:
 
     def body(self, part: Graph, loads: dict, sources: dict | None = None, outputs: dict | None = None,
              reload_locals: bool = False, early_stores: dict[str, str] | None = None,
-             block_stores: dict[str, str] | None = None, walks_chunks: bool = False) -> Body:
+             block_stores: dict[str, str] | None = None, walks_chunks: bool = False,
+             by_columns: bool = False) -> Body:
         """The lines of `part`; in a kernel that walks the chunks (`walks_chunks`), the per-row parameters' loads
-        under `if not PARAMS_ONCE:` (`params_once`)."""
+        under `if not PARAMS_ONCE:` (`params_once`). With the state in memory, the channel-decay products of a
+        chunk-parallel kernel go by blocks of channel columns (kernel_body's channel_blocks), unless it runs by value
+        blocks (`by_columns`), whose BV columns are already a block. Not in a kernel walking the chunks: Yaad's
+        backward state pass spilled 2,184 B a thread by channel blocks at sm_90a, D = 128 (its default config), 1,072
+        without, most of it at the head of the chunk loop; at D = 64 48 against 32 (the spill guard's config)."""
         reloadable = frozenset(self.static) | frozenset(self.local_reads if reload_locals else ())
         return body(part, {**self.static, **loads}, sources, outputs, reloadable=reloadable,
                     early_stores=early_stores, block_stores=block_stores,
-                    held=frozenset(self.static) if walks_chunks else frozenset())
+                    held=frozenset(self.static) if walks_chunks else frozenset(),
+                    channel_blocks=self.hidden and not by_columns and not walks_chunks)
 
     def params_once(self, part: Graph) -> list[str]:
         """A state pass's per-row parameters loaded once, before its chunk loop, where the constexpr PARAMS_ONCE is
@@ -271,9 +277,9 @@ def _per_chunk(a: _Assembler, job: str, doc: str, made: Graph, loads: dict, args
     buffers. By value blocks when every value column depends on its own column only. `listed`: the kernel names
     its outputs in `makes` (DESCRIPTION's "local")."""
     stores = {n: store(f"{n}_ptr", v.axes, a.at, name(v), mask="nv > 0") for n, v in made.outputs.items()}
-    b = a.body(made, loads, sources, early_stores=stores)
-    lines = b.lines
     by_columns = value_local(made) and any(VALUE_AXIS in v.axes for v in made.values)
+    b = a.body(made, loads, sources, early_stores=stores, by_columns=by_columns)
+    lines = b.lines
     return Kernel(f"chunk_{job}_kernel", doc, "chunk", args + [f"{n}_ptr" for n in made.outputs] +
                   (["scratch_ptr"] if b.scratch else []), a.static_loads, lines, [], b.scratch,
                   value_blocks="columns" if by_columns else "none", tiles=b.tiles, sub_chunked=b.sub_chunked,

@@ -466,6 +466,30 @@ def test_products_with_the_state_rows_are_made_by_head_blocks():
     assert not re.search(r"\bk = tl\.load\(", body) and "k_block = tl.load(" in body  # no whole key tile
 
 
+def test_channel_decay_products_go_by_channel_blocks():
+    """An MLP memory's channel-decay products held (C, D) tiles whole through their sub-chunk steps: Yaad's first
+    key-gradient term at sm_90a, D = 128 spilled 552 B a thread with its default config, all of it on those lines.
+    Made by blocks of BK channel columns, every factor read from scratch memory by that block
+    (emit_triton.decayed_product), it spilled 216 B; the bar is half the old figure."""
+    pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
+    from mirasc.aot import aot_report
+    from mirasc.codegen import generate_triton
+    from mirasc.loader import load
+
+    kernel = "chunk_grad_k_0_bwd_kernel"
+    source = generate_triton(load(model_path("yaad")))
+    body = source[source.index(f"def {kernel}("):].split("@triton.jit")[0]
+    loops = re.findall(r"\n    for (v\d+)_cb in range\(0, (D|BV), BK\):", body)
+    assert len(loops) == 3, loops
+    for product, _ in loops:  # inside each, the steps read their factors by the block's columns only
+        start = body.index(f"for {product}_cb")
+        steps = body[start:body.index(f"\n    {product} = ", start)]
+        assert f"{product}_c[None, :]" in steps and "tl.arange(0, D)[None, :]" not in steps, steps
+    (row,) = aot_report("yaad", arch=90, chunk_size=64, head_dim=128, only=[kernel], timeout=240,
+                        spill_guard=False)
+    assert row.ok and row.mma > 0 and row.stack <= 552 // 2, (row.stack, row.error)
+
+
 def test_an_a100_gets_the_register_ceiling():
     """ptxas for sm_80, left to itself, gave titans' outputs kernel 32 registers a thread and 5,200 B of spills; with
     the launcher's ceiling of 255 (Triton's maxnreg) it takes the registers it needs."""

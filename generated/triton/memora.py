@@ -76,10 +76,12 @@ DESCRIPTION = {'spec': 'memora',
                                      ['t', 'h'],
                                      ['t', 'h'],
                                      ['s', 'h'],
+                                     ['t', 'i'],
                                      ['s', 'i'],
                                      ['t', 's'],
                                      ['s', 'o'],
                                      ['t', 's'],
+                                     ['t', 'o'],
                                      ['t', 'o'],
                                      ['t', 'o'],
                                      ['s', 'i'],
@@ -116,10 +118,13 @@ DESCRIPTION = {'spec': 'memora',
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['s', 'h'],
+                                       ['t', 'i'],
                                        ['s', 'i'],
                                        ['s', 'o'],
                                        ['t', 's'],
                                        ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['s', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t'],
@@ -248,9 +253,12 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'i'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 's'],
                                           ['t', 's'],
+                                          ['t', 'i'],
                                           ['t', 'i'],
                                           ['t', 'i'],
                                           ['t', 'i'],
@@ -278,7 +286,9 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'i'],
                                           ['s', 'i'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['t', 'i'],
@@ -307,11 +317,13 @@ DESCRIPTION = {'spec': 'memora',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'i'],
                                           ['s', 'i'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'i'],
                                           ['t', 's'],
+                                          ['s', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
                                           ['t', 'i'],
@@ -348,7 +360,9 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'i'],
                                           ['s', 'i'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['t', 'i'],
@@ -396,7 +410,9 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'i'],
                                           ['s', 'i'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['t', 'i'],
@@ -458,6 +474,8 @@ DESCRIPTION = {'spec': 'memora',
                                           ['o'],
                                           ['o', 'h'],
                                           ['h'],
+                                          ['t', 'i'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['t', 'i'],
@@ -501,7 +519,9 @@ DESCRIPTION = {'spec': 'memora',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'i'],
                                           ['s', 'i'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['t', 'i'],
@@ -554,6 +574,8 @@ DESCRIPTION = {'spec': 'memora',
                                           ['o', 'h'],
                                           ['o', 'h'],
                                           ['o'],
+                                          ['t', 'i'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['t', 'i'],
@@ -594,10 +616,14 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t', 'i'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
-                                                   ['t', 'i'],
                                                    ['t', 'o'],
+                                                   ['t', 'o'],
+                                                   ['s', 'i'],
+                                                   ['s', 'o'],
+                                                   ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
@@ -676,6 +702,8 @@ DESCRIPTION = {'spec': 'memora',
                                                    ['o', 'h'],
                                                    ['o', 'h'],
                                                    ['o'],
+                                                   ['t', 'i'],
+                                                   ['t', 'o'],
                                                    ['s', 'o'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
@@ -715,13 +743,15 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['s', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 'h'],
+                                                 ['t', 'i'],
                                                  ['s', 'i'],
+                                                 ['t', 'o'],
                                                  ['s', 'o'],
                                                  ['t', 's'],
-                                                 ['t', 'i'],
                                                  ['t', 's'],
-                                                 ['t', 'o'],
                                                  ['t', 's'],
+                                                 ['s', 'i'],
+                                                 ['s', 'o'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
                                                  ['t', 'i'],
@@ -783,6 +813,8 @@ DESCRIPTION = {'spec': 'memora',
                                                  ['o', 'h'],
                                                  ['o', 'h'],
                                                  ['o'],
+                                                 ['t', 'i'],
+                                                 ['t', 'o'],
                                                  ['s', 'o'],
                                                  ['t', 'i'],
                                                  ['t', 'i'],
@@ -819,10 +851,12 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['t', 'i'],
                                                   ['s', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['t', 's'],
+                                                  ['t', 'o'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
@@ -858,7 +892,9 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['t', 'i'],
                                                   ['s', 'i'],
+                                                  ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
@@ -899,7 +935,9 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['t', 'i'],
                                                   ['s', 'i'],
+                                                  ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
@@ -940,7 +978,9 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['t', 'i'],
                                                   ['s', 'i'],
+                                                  ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
@@ -993,6 +1033,8 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['o', 'h'],
                                                   ['o', 'h'],
                                                   ['o'],
+                                                  ['t', 'i'],
+                                                  ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
@@ -1048,6 +1090,8 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['o', 'h'],
                                                   ['o', 'h'],
                                                   ['o'],
+                                                  ['t', 'i'],
+                                                  ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
@@ -1103,6 +1147,8 @@ DESCRIPTION = {'spec': 'memora',
                                                   ['o', 'h'],
                                                   ['o', 'h'],
                                                   ['o'],
+                                                  ['t', 'i'],
+                                                  ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
                                                   ['t', 'i'],
@@ -1155,7 +1201,9 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['t', 'h'],
                                                 ['t', 'h'],
                                                 ['t', 'h'],
+                                                ['t', 'i'],
                                                 ['s', 'i'],
+                                                ['t', 'o'],
                                                 ['s', 'o'],
                                                 ['t', 'i'],
                                                 ['t', 'i'],
@@ -1208,6 +1256,8 @@ DESCRIPTION = {'spec': 'memora',
                                                 ['o', 'h'],
                                                 ['o', 'h'],
                                                 ['o'],
+                                                ['t', 'i'],
+                                                ['t', 'o'],
                                                 ['s', 'o'],
                                                 ['t', 'i'],
                                                 ['t', 'i'],
@@ -1557,7 +1607,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 11 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v97, v100, v102, v109, v98, v111, v112, causal, v65, v85, v93, v89, v90, v99, v92, v94, v112, v106, v107, v113, v103, v104, v121, v122
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 12 * C * BV)  # v19, v20, v54, v63, v64, v58, v59, v60, v97, v100, v102, v109, q, v98, v111, v112, causal, v113, v65, v85, v93, v89, v90, v99, v92, v94, v112, v106, v107, v113, v103, v104, v121, v122
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -1655,7 +1705,7 @@ def chunk_out_fwd_kernel(
         v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v65)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v65)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
@@ -1663,7 +1713,7 @@ def chunk_out_fwd_kernel(
         offs_rb = rb + tl.arange(0, BR)
         k_rows = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
         v_rows = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v65_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v65_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v66_rows = tl.sum((v65_rows), axis=1)
         v67_rows = (v66_rows / (D))
         v68_rows = (v65_rows - v67_rows[:, None])
@@ -1684,7 +1734,7 @@ def chunk_out_fwd_kernel(
         v83_rows = tl.sum((v82_rows), axis=1)
         v84_rows = (v83_rows / (D))
         v85_rows = (v81_rows + v84_rows[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v85_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v85_rows)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v96 = k
@@ -1692,7 +1742,7 @@ def chunk_out_fwd_kernel(
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v93 = v62
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     v98 = (v96 * v93)
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
@@ -1700,63 +1750,68 @@ def chunk_out_fwd_kernel(
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
         v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
         v89_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
-        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v89_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v89_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v89 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v90 = tl.cumsum(v89, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v90)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v90)  # park
     v91 = v90
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v98)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v99 = tl.zeros((C, C), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + v99_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v99_xA = q * v99_A
-    for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + v99_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v99_p = v99_r + v99_j
-        v99_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + v99_p[:, None] * D + tl.arange(0, D)[None, :])
-        v99_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + v99_p[:, None] * D + tl.arange(0, D)[None, :])
-        v99_d = tl.sum(q * v99_y * tl.exp(tl.minimum(v90 - v99_b, 0.0)), axis=1)
-        v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
+    v99 = tl.zeros((C, C), DTYPE)
+    for v99_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v99_c = v99_cb + tl.arange(0, BK)
+        v99_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * D + v99_c[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + v99_r[:, None] * D + v99_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v99_xA = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v99_c[None, :]) * v99_A
+        for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v99_start = v99_k * BC
+            v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + v99_start * D + v99_c)[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * D + v99_c[None, :]), 0.0)), 0.0)
+            v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
+            v99 += v99_rows[:, None] * tl.dot((v99_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + v99_c[None, :]) * v99_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99_xw = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v99_c[None, :])
+        v99_aw = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * D + v99_c[None, :])
+        for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v99_p = v99_r + v99_j
+            v99_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v99_p[:, None] * D + v99_c[None, :])
+            v99_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + v99_p[:, None] * D + v99_c[None, :])
+            v99_d = tl.sum(v99_xw * v99_y * tl.exp(tl.minimum(v99_aw - v99_b, 0.0)), axis=1)
+            v99 += tl.where(tl.arange(0, C)[None, :] == v99_p[:, None], v99_d[:, None], 0.0)
     v99 = v99 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v99)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v99)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v90_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v90_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v92_rows = tl.exp(v90_rows)  # cumulative decay in the chunk
-        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v92_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v92_rows)  # park
         v94_rows = (q_rows * v92_rows)
-        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v94_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v94_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v110 = v85
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v93_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
-        v110_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v93_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v110_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v108_rows = v93_rows
         v112_rows = (v110_rows * v108_rows)
-        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v112_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v112_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v90 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v106 = v90
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v106)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = v91
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v107)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v107)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1768,7 +1823,7 @@ def chunk_out_fwd_kernel(
         v97 = v87
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
-    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1776,7 +1831,7 @@ def chunk_out_fwd_kernel(
         v100 = tl.dot(v99.to(DOT_DTYPE), v97.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1798,35 +1853,39 @@ def chunk_out_fwd_kernel(
         v102 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v106 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v107 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v112 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v112 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v112)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v113 = tl.zeros((C, BV), DTYPE)
     v113_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v113_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + v113_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v113_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v113_start = v113_k * BC
-        v113_B = tl.where(tl.arange(0, C)[:, None] < v113_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + v113_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v113_rows = tl.where(tl.arange(0, C) // BC == v113_k, 1.0, 0.0)
-        v113 += v113_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v113_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v113 = v113 * v113_A
-    for v113_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v113_p = v113_r + v113_j
-        v113_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * C + v113_p)
-        v113_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * C + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v113_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * C + C * BV + tl.arange(0, C) * C + v113_p)
-        v113_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 3 * C * BV + v113_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v113 += v113_x[:, None] * v113_y * v113_m[:, None] * tl.exp(tl.minimum(v106 - v113_b, 0.0))
+    for v113_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v113_c = v113_cb + tl.arange(0, BK)
+        v113_block = tl.zeros((C, BK), DTYPE)
+        v113_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * BV + v113_c[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + v113_r[:, None] * BV + v113_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        for v113_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v113_start = v113_k * BC
+            v113_B = tl.where(tl.arange(0, C)[:, None] < v113_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + v113_start * BV + v113_c)[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * BV + v113_c[None, :]), 0.0)), 0.0)
+            v113_rows = tl.where(tl.arange(0, C) // BC == v113_k, 1.0, 0.0)
+            v113_block += v113_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + v113_c[None, :]) * v113_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v113_block = v113_block * v113_A
+        v113_aw = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * BV + v113_c[None, :])
+        for v113_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v113_p = v113_r + v113_j
+            v113_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * C + v113_p)
+            v113_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v113_p[:, None] * BV + v113_c[None, :])
+            v113_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v113_p)
+            v113_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 4 * C * BV + v113_p[:, None] * BV + v113_c[None, :])
+            v113_block += v113_x[:, None] * v113_y * v113_m[:, None] * tl.exp(tl.minimum(v113_aw - v113_b, 0.0))
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + v113_c[None, :], v113_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v113)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v92 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v92 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v103 = v92
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v103)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v103)  # park
     v104 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1834,16 +1893,16 @@ def chunk_out_fwd_kernel(
         v102 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v104 += tl.dot(v102.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v104)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v103_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 7 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v104_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 8 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v113_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 6 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v103_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 8 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v104_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 9 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v113_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 7 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v105_rows = (v103_rows * v104_rows)
         v114_rows = (v105_rows - v113_rows)
         v115_rows = tl.sum((v114_rows), axis=1)
@@ -1853,12 +1912,12 @@ def chunk_out_fwd_kernel(
         v119_rows = tl.sum((v118_rows), axis=1)
         v120_rows = (v119_rows / (D))
         v121_rows = (ln_bias[None, :] + (v117_rows * ln_weight[None, :] / ((tl.sqrt((1.0 + v120_rows[:, None]))))))
-        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 9 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v121_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 10 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v121_rows)  # park
         v122_rows = q_rows
-        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 10 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v122_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 11 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v122_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v121 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v122 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v121 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v122 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v123 = (v121 + v122)  # read: M(q_t; W_t)
     tl.store(out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v123.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -1895,7 +1954,7 @@ def chunk_local_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 20 * C * BV + 3 * C * C + 3 * C)  # v19, v20, v54, v63, v64, v58, v59, v60, v104, v107, v109, v116, v105, v119, causal, v143, v65, v68, v71, v72, v74, v75, v80, v76, v81, v84, v85, v99, v115, v119, v91, v92, v93, v128, v106, v98, v101, v113, v114, v118, v120, v110, v111, v142
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 22 * C * BV + 3 * C * C + 3 * C)  # v19, v20, v54, v63, v64, v58, v59, v60, v104, v107, v109, v116, q, v105, v119, causal, v143, v120, v144, v65, v68, v71, v72, v74, v75, v80, v76, v81, v84, v85, v99, v115, v119, v91, v92, v93, v128, v106, v98, v101, v113, v114, v118, v120, v110, v111, v142
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -1993,158 +2052,163 @@ def chunk_local_bwd_kernel(
         v64 = tl.load(scratch + 2 * HID + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v65 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v65)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v65)  # park
     v66 = tl.sum((v65), axis=1)
     v67 = (v66 / (D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v65 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v68 = (v65 - v67[:, None])
     tl.store(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v68.to(local_0_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v68)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = (v68 * v68)
     v70 = tl.sum((v69), axis=1)
     v71 = (v70 / (D))
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 4 * C * BV + C * C + offs_t, v71)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 6 * C * BV + C * C + offs_t, v71)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v72 = (ln_bias[None, :] + (v68 * ln_weight[None, :] / ((tl.sqrt((1.0 + v71[:, None]))))))
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 4 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 6 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v72)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         k_rows = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v72_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 4 * C * BV + C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v72_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 6 * C * BV + C * C + C + offs_rb[:, None] * D + offs_o[None, :])
         v73_rows = k_rows
         v74_rows = (v72_rows + v73_rows)  # memory output M(x)
-        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 5 * C * BV + C * C + C + offs_rb[:, None] * D + offs_o[None, :], v74_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 7 * C * BV + C * C + C + offs_rb[:, None] * D + offs_o[None, :], v74_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v74 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 5 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v74 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 7 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v74 - v)  # inner gradient signal g = dl/dy
     tl.store(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v75.to(local_1_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 6 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 8 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v71 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 4 * C * BV + C * C + offs_t)  # parked
+    v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v71 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 6 * C * BV + C * C + offs_t)  # parked
     v77 = ((-0.5) * v68 * ln_weight[None, :] * v75 / (((1.0 + v71[:, None]) * tl.sqrt((1.0 + v71[:, None])))))
     v78 = tl.sum((v77), axis=1)
     v79 = (v78 / (D))
-    v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v68 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v80 = (2.0 * v68 * v79[:, None])
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 7 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 9 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v80)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
-    v71 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 4 * C * BV + C * C + offs_t)  # parked
-    v75 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 6 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v71 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 6 * C * BV + C * C + offs_t)  # parked
+    v75 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 8 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v76 = (ln_weight[None, :] * v75 / ((tl.sqrt((1.0 + v71[:, None])))))
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 8 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v76)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 10 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v76)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v76_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 8 * C * BV + C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v80_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 7 * C * BV + C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v76_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 10 * C * BV + C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v80_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 9 * C * BV + C * C + C + offs_rb[:, None] * D + offs_o[None, :])
         v81_rows = (v76_rows + v80_rows)
-        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 9 * C * BV + C * C + C + offs_rb[:, None] * D + offs_o[None, :], v81_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + offs_rb[:, None] * D + offs_o[None, :], v81_rows)  # park
         v82_rows = ((-1.0) * v81_rows)
         v83_rows = tl.sum((v82_rows), axis=1)
         v84_rows = (v83_rows / (D))
-        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 10 * C * BV + C * C + C + offs_rb, v84_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 12 * C * BV + C * C + C + offs_rb, v84_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 9 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v84 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 10 * C * BV + C * C + C + offs_t)  # parked
+    v81 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 12 * C * BV + C * C + C + offs_t)  # parked
     v85 = (v81 + v84[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v85.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 10 * C * BV + C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v85)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 12 * C * BV + C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v85)  # park
     v117 = v85
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v99 = v62
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 11 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_i[None, :], v99)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 13 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_i[None, :], v99)  # park
     v115 = v99
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :], v115)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :], v115)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v117 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 10 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 12 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v119 = (v117 * v115)
     tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v119.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 12 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :], v119)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 14 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :], v119)  # park
     v91 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 13 * C * BV + C * C + 2 * C + offs_s, v91)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 15 * C * BV + C * C + 2 * C + offs_s, v91)  # park
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
         v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
         v92_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
-        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 13 * C * BV + C * C + 3 * C + offs_rb[:, None] * D + offs_i[None, :], v92_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 15 * C * BV + C * C + 3 * C + offs_rb[:, None] * D + offs_i[None, :], v92_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v92 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 13 * C * BV + C * C + 3 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v92 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 15 * C * BV + C * C + 3 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v93 = tl.cumsum(v92, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + offs_t[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 15 * C * BV + C * C + 3 * C + offs_t[:, None] * D + offs_i[None, :], v93)  # park
     v95 = (v93 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v96 = tl.sum((v95), axis=0)
     v94 = v93
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v91_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 13 * C * BV + C * C + 2 * C + offs_rb)
-        v94_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + offs_rb[:, None] * D + offs_i[None, :])
-        v99_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 11 * C * BV + C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :])
+        v91_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 15 * C * BV + C * C + 2 * C + offs_rb)
+        v94_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 15 * C * BV + C * C + 3 * C + offs_rb[:, None] * D + offs_i[None, :])
+        v99_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 13 * C * BV + C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :])
         v97_rows = (v91_rows[:, None] * tl.exp((v96[None, :] - v94_rows)))  # decay from token s to the chunk's end
         v100_rows = (v97_rows * v99_rows)
         v128_rows = v100_rows
-        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 13 * C * BV + C * C + 3 * C + offs_rb[:, None] * D + offs_o[None, :], v128_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 15 * C * BV + C * C + 3 * C + offs_rb[:, None] * D + offs_o[None, :], v128_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v117 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 10 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v128 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 13 * C * BV + C * C + 3 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v117 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 12 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v128 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 15 * C * BV + C * C + 3 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v132 = (v128 * v117)
     tl.store(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v132.to(local_4_ptr.dtype.element_ty), mask=nv > 0)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v103 = k
-    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 11 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 13 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v105 = (v103 * v99)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v93 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v105)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v106 = tl.zeros((C, C), DTYPE)
     v106_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v106_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + v106_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v106_xA = q * v106_A
-    for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v106_start = v106_k * BC
-        v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + v106_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
-        v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v106_p = v106_r + v106_j
-        v106_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + v106_p[:, None] * D + tl.arange(0, D)[None, :])
-        v106_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + v106_p[:, None] * D + tl.arange(0, D)[None, :])
-        v106_d = tl.sum(q * v106_y * tl.exp(tl.minimum(v93 - v106_b, 0.0)), axis=1)
-        v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
+    v106 = tl.zeros((C, C), DTYPE)
+    for v106_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v106_c = v106_cb + tl.arange(0, BK)
+        v106_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 15 * C * BV + C * C + 3 * C + tl.arange(0, C)[:, None] * D + v106_c[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 15 * C * BV + C * C + 3 * C + v106_r[:, None] * D + v106_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v106_xA = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v106_c[None, :]) * v106_A
+        for v106_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v106_start = v106_k * BC
+            v106_B = tl.where(tl.arange(0, C)[:, None] < v106_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 15 * C * BV + C * C + 3 * C + v106_start * D + v106_c)[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 15 * C * BV + C * C + 3 * C + tl.arange(0, C)[:, None] * D + v106_c[None, :]), 0.0)), 0.0)
+            v106_rows = tl.where(tl.arange(0, C) // BC == v106_k, 1.0, 0.0)
+            v106 += v106_rows[:, None] * tl.dot((v106_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + v106_c[None, :]) * v106_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v106_xw = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v106_c[None, :])
+        v106_aw = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 15 * C * BV + C * C + 3 * C + tl.arange(0, C)[:, None] * D + v106_c[None, :])
+        for v106_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v106_p = v106_r + v106_j
+            v106_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v106_p[:, None] * D + v106_c[None, :])
+            v106_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 15 * C * BV + C * C + 3 * C + v106_p[:, None] * D + v106_c[None, :])
+            v106_d = tl.sum(v106_xw * v106_y * tl.exp(tl.minimum(v106_aw - v106_b, 0.0)), axis=1)
+            v106 += tl.where(tl.arange(0, C)[None, :] == v106_p[:, None], v106_d[:, None], 0.0)
     v106 = v106 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 14 * C * BV + C * C + 3 * C + offs_t[:, None] * C + offs_s[None, :], v106)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 16 * C * BV + C * C + 3 * C + offs_t[:, None] * C + offs_s[None, :], v106)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v93_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + offs_rb[:, None] * D + offs_i[None, :])
+        v93_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 15 * C * BV + C * C + 3 * C + offs_rb[:, None] * D + offs_i[None, :])
         v98_rows = tl.exp(v93_rows)  # cumulative decay in the chunk
-        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 14 * C * BV + 2 * C * C + 3 * C + offs_rb[:, None] * D + offs_i[None, :], v98_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 16 * C * BV + 2 * C * C + 3 * C + offs_rb[:, None] * D + offs_i[None, :], v98_rows)  # park
         v101_rows = (q_rows * v98_rows)
-        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 14 * C * BV + 2 * C * C + 3 * C + offs_rb[:, None] * D + offs_i[None, :], v101_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 16 * C * BV + 2 * C * C + 3 * C + offs_rb[:, None] * D + offs_i[None, :], v101_rows)  # park
         v113_rows = v93_rows
-        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 14 * C * BV + 2 * C * C + 3 * C + offs_rb[:, None] * D + offs_o[None, :], v113_rows)  # park
-    v114 = v94
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 15 * C * BV + 2 * C * C + 3 * C + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 16 * C * BV + 2 * C * C + 3 * C + offs_rb[:, None] * D + offs_o[None, :], v113_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + 10 * C * BV + C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 15 * C * BV + C * C + 3 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v114 = v94
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 17 * C * BV + 2 * C * C + 3 * C + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v85 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 12 * C * BV + C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2156,7 +2220,7 @@ def chunk_local_bwd_kernel(
         v104 = v87
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v104)
     tl.debug_barrier()
-    v106 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 14 * C * BV + C * C + 3 * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 16 * C * BV + C * C + 3 * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2164,7 +2228,7 @@ def chunk_local_bwd_kernel(
         v107 = tl.dot(v106.to(DOT_DTYPE), v104.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v107)
     tl.debug_barrier()
-    v101 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 14 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v101 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 16 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2186,36 +2250,40 @@ def chunk_local_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v116 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v118 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v116).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 16 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * C + offs_s[None, :], v118)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 18 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * C + offs_s[None, :], v118)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 14 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 15 * C * BV + 2 * C * C + 3 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v119 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 12 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v119 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 14 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v119)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v120 = tl.zeros((C, BV), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 16 * C * BV + 2 * C * C + 3 * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v120 = v120 * v120_A
-    for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v120_p = v120_r + v120_j
-        v120_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 16 * C * BV + 2 * C * C + 3 * C + tl.arange(0, C) * C + v120_p)
-        v120_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * BV + tl.arange(0, C) * C + v120_p)
-        v120_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120 += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v113 - v120_b, 0.0))
+    for v120_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v120_c = v120_cb + tl.arange(0, BK)
+        v120_block = tl.zeros((C, BK), DTYPE)
+        v120_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 15 * C * BV + C * C + 3 * C + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 15 * C * BV + C * C + 3 * C + v120_r[:, None] * BV + v120_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v120_start = v120_k * BC
+            v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 15 * C * BV + C * C + 3 * C + v120_start * BV + v120_c)[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 15 * C * BV + C * C + 3 * C + tl.arange(0, C)[:, None] * BV + v120_c[None, :]), 0.0)), 0.0)
+            v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+            v120_block += v120_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 18 * C * BV + 2 * C * C + 3 * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) * v120_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120_block = v120_block * v120_A
+        v120_aw = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 15 * C * BV + C * C + 3 * C + tl.arange(0, C)[:, None] * BV + v120_c[None, :])
+        for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v120_p = v120_r + v120_j
+            v120_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 18 * C * BV + 2 * C * C + 3 * C + tl.arange(0, C) * C + v120_p)
+            v120_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + v120_p[:, None] * BV + v120_c[None, :])
+            v120_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C) * C + v120_p)
+            v120_b = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 15 * C * BV + C * C + 3 * C + v120_p[:, None] * BV + v120_c[None, :])
+            v120_block += v120_x[:, None] * v120_y * v120_m[:, None] * tl.exp(tl.minimum(v120_aw - v120_b, 0.0))
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + v120_c[None, :], v120_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v120 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 16 * C * BV + 3 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 18 * C * BV + 3 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v120)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v98 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 14 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v98 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 5 * C * D + 16 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = v98
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 17 * C * BV + 3 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 19 * C * BV + 3 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v110)  # park
     v111 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2223,14 +2291,14 @@ def chunk_local_bwd_kernel(
         v109 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 2 * HID + HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v109.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 18 * C * BV + 3 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v111)  # park
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 20 * C * BV + 3 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :], v111)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v110_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 17 * C * BV + 3 * C * C + 3 * C + offs_rb[:, None] * D + offs_o[None, :])
-        v111_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 18 * C * BV + 3 * C * C + 3 * C + offs_rb[:, None] * D + offs_o[None, :])
-        v120_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 16 * C * BV + 3 * C * C + 3 * C + offs_rb[:, None] * D + offs_o[None, :])
+        v110_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 19 * C * BV + 3 * C * C + 3 * C + offs_rb[:, None] * D + offs_o[None, :])
+        v111_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 20 * C * BV + 3 * C * C + 3 * C + offs_rb[:, None] * D + offs_o[None, :])
+        v120_rows = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 18 * C * BV + 3 * C * C + 3 * C + offs_rb[:, None] * D + offs_o[None, :])
         v112_rows = (v110_rows * v111_rows)
         v121_rows = (v112_rows - v120_rows)
         v122_rows = tl.sum((v121_rows), axis=1)
@@ -2250,38 +2318,41 @@ def chunk_local_bwd_kernel(
         v140_rows = tl.sum((v139_rows), axis=1)
         v141_rows = (v140_rows / (D))
         v142_rows = (v138_rows + v141_rows[:, None])
-        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 19 * C * BV + 3 * C * C + 3 * C + offs_rb[:, None] * D + offs_o[None, :], v142_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 21 * C * BV + 3 * C * C + 3 * C + offs_rb[:, None] * D + offs_o[None, :], v142_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v142 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 19 * C * BV + 3 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v142 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 21 * C * BV + 3 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v143 = ((-1.0) * v142)
     tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v143.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
-    v113 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 14 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v114 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 15 * C * BV + 2 * C * C + 3 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v118 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 16 * C * BV + 2 * C * C + 3 * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v143)
+    tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v143)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v144 = tl.zeros((C, BV), DTYPE)
     v144_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v144_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v144_xA = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v144_A
-    for v144_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v144_start = v144_k * BC
-        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + v144_start * BV + tl.arange(0, BV))[None, :] - v114, 0.0)), 0.0)
-        v144_rows = tl.where(tl.arange(0, C) // BC == v144_k, 1.0, 0.0)
-        v144 += v144_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 16 * C * BV + 2 * C * C + 3 * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v144_xA * v144_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v144_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v144_p = v144_r + v144_j
-        v144_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v144_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 16 * C * BV + 2 * C * C + 3 * C + v144_p * C + tl.arange(0, C))
-        v144_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + C * D + C * BV + v144_p * C + tl.arange(0, C))
-        v144_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 3 * C + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v144 += v144_x * v144_y[:, None] * v144_m[:, None] * tl.exp(tl.minimum(v144_a - v114, 0.0))
+    for v144_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v144_c = v144_cb + tl.arange(0, BK)
+        v144_block = tl.zeros((C, BK), DTYPE)
+        v144_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 15 * C * BV + C * C + 3 * C + tl.arange(0, C)[:, None] * BV + v144_c[None, :]) - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 15 * C * BV + C * C + 3 * C + v144_r[:, None] * BV + v144_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v144_xA = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + v144_c[None, :]) * v144_A
+        for v144_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v144_start = v144_k * BC
+            v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 15 * C * BV + C * C + 3 * C + v144_start * BV + v144_c)[None, :] - tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 15 * C * BV + C * C + 3 * C + tl.arange(0, C)[:, None] * BV + v144_c[None, :]), 0.0)), 0.0)
+            v144_rows = tl.where(tl.arange(0, C) // BC == v144_k, 1.0, 0.0)
+            v144_block += v144_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 18 * C * BV + 2 * C * C + 3 * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v144_xA * v144_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v144_bw = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 15 * C * BV + C * C + 3 * C + tl.arange(0, C)[:, None] * BV + v144_c[None, :])
+        for v144_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v144_p = v144_r + v144_j
+            v144_x = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + v144_p[:, None] * BV + v144_c[None, :])
+            v144_y = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 18 * C * BV + 2 * C * C + 3 * C + v144_p * C + tl.arange(0, C))
+            v144_m = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + v144_p * C + tl.arange(0, C))
+            v144_a = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 4 * C * D + 15 * C * BV + C * C + 3 * C + v144_p[:, None] * BV + v144_c[None, :])
+            v144_block += v144_x * v144_y[:, None] * v144_m[:, None] * tl.exp(tl.minimum(v144_a - v144_bw, 0.0))
+        tl.store(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + v144_c[None, :], v144_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v144 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    v115 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v115 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 3 * C * D + 13 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v145 = (v115 * v144)
     tl.store(local_6_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v145.to(local_6_ptr.dtype.element_ty), mask=nv > 0)
-    v110 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 17 * C * BV + 3 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v142 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 6 * C * D + 19 * C * BV + 3 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 19 * C * BV + 3 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v142 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + 7 * C * D + 21 * C * BV + 3 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v146 = (v110 * v142)
     tl.store(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v146.to(local_7_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -2984,7 +3055,7 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 4 * C * C + 4 * C * D)  # v51, v19, v20, v54, v63, v58, v59, v60, v79, v77, v83, v86, v95, v100, local_3, v101, causal, v71, v72, v76, v80, v81, v93
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * BV + 4 * C * C)  # v51, v19, v20, v54, v63, v58, v59, v60, v79, v77, v83, v86, v95, v100, q, local_5, local_3, v101, causal, v102, v71, v72, v76, v80, v81, v93
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -3077,74 +3148,84 @@ def chunk_grad_q_1_bwd_kernel(
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
         v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
         v71_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
-        tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v71_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v71_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v71 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v71 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v72 = tl.cumsum(v71, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v72_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v72_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         v74_rows = tl.exp(v72_rows)  # cumulative decay in the chunk
         v76_rows = (q_rows * v74_rows)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v76_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v76_rows)  # park
     v78 = k
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v75 = v62
     v80 = (v78 * v75)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v80)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v80)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v73 = v72
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
+    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v81 = tl.zeros((C, C), DTYPE)
     v81_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v81_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + v81_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v81_xA = q * v81_A
-    for v81_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v81_start = v81_k * BC
-        v81_B = tl.where(tl.arange(0, C)[:, None] < v81_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + v81_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v81_rows = tl.where(tl.arange(0, C) // BC == v81_k, 1.0, 0.0)
-        v81 += v81_rows[:, None] * tl.dot((v81_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v81_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v81_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v81_p = v81_r + v81_j
-        v81_y = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 3 * C * D + v81_p[:, None] * D + tl.arange(0, D)[None, :])
-        v81_b = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + v81_p[:, None] * D + tl.arange(0, D)[None, :])
-        v81_d = tl.sum(q * v81_y * tl.exp(tl.minimum(v72 - v81_b, 0.0)), axis=1)
-        v81 += tl.where(tl.arange(0, C)[None, :] == v81_p[:, None], v81_d[:, None], 0.0)
+    v81 = tl.zeros((C, C), DTYPE)
+    for v81_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v81_c = v81_cb + tl.arange(0, BK)
+        v81_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v81_c[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + v81_r[:, None] * D + v81_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v81_xA = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v81_c[None, :]) * v81_A
+        for v81_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v81_start = v81_k * BC
+            v81_B = tl.where(tl.arange(0, C)[:, None] < v81_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + v81_start * D + v81_c)[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v81_c[None, :]), 0.0)), 0.0)
+            v81_rows = tl.where(tl.arange(0, C) // BC == v81_k, 1.0, 0.0)
+            v81 += v81_rows[:, None] * tl.dot((v81_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v81_c[None, :]) * v81_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81_xw = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v81_c[None, :])
+        v81_aw = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v81_c[None, :])
+        for v81_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v81_p = v81_r + v81_j
+            v81_y = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + v81_p[:, None] * D + v81_c[None, :])
+            v81_b = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + v81_p[:, None] * D + v81_c[None, :])
+            v81_d = tl.sum(v81_xw * v81_y * tl.exp(tl.minimum(v81_aw - v81_b, 0.0)), axis=1)
+            v81 += tl.where(tl.arange(0, C)[None, :] == v81_p[:, None], v81_d[:, None], 0.0)
     v81 = v81 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v81)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v81)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v84 = v72
     v85 = v73
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v93 = tl.zeros((C, C), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v93_xA = local_5 * v93_A
-    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((v93_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v93_p = v93_r + v93_j
-        v93_y = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_b = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_d = tl.sum(local_5 * v93_y * tl.exp(tl.minimum(v84 - v93_b, 0.0)), axis=1)
-        v93 += tl.where(tl.arange(0, C)[None, :] == v93_p[:, None], v93_d[:, None], 0.0)
+    v93 = tl.zeros((C, C), DTYPE)
+    for v93_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v93_c = v93_cb + tl.arange(0, BK)
+        v93_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v93_c[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + v93_r[:, None] * BV + v93_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v93_xA = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + v93_c[None, :]) * v93_A
+        for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v93_start = v93_k * BC
+            v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + v93_start * BV + v93_c)[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v93_c[None, :]), 0.0)), 0.0)
+            v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+            v93 += v93_rows[:, None] * tl.dot((v93_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + v93_c[None, :]) * v93_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93_xw = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + v93_c[None, :])
+        v93_aw = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v93_c[None, :])
+        for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v93_p = v93_r + v93_j
+            v93_y = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + v93_p[:, None] * BV + v93_c[None, :])
+            v93_b = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + v93_p[:, None] * BV + v93_c[None, :])
+            v93_d = tl.sum(v93_xw * v93_y * tl.exp(tl.minimum(v93_aw - v93_b, 0.0)), axis=1)
+            v93 += tl.where(tl.arange(0, C)[None, :] == v93_p[:, None], v93_d[:, None], 0.0)
     v93 = v93 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 3 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v93)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v93)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3160,7 +3241,7 @@ def chunk_grad_q_1_bwd_kernel(
         v79 = v69
         tl.store(scratch + 2 * HID * D + 2 * HID + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v79)
     tl.debug_barrier()
-    v76 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3168,7 +3249,7 @@ def chunk_grad_q_1_bwd_kernel(
         v77 = tl.dot(v76.to(DOT_DTYPE), tl.trans(v54).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    v81 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v81 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3183,7 +3264,7 @@ def chunk_grad_q_1_bwd_kernel(
         v86 = v64
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v86)
     tl.debug_barrier()
-    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 3 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3212,28 +3293,31 @@ def chunk_grad_q_1_bwd_kernel(
         v79 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v100 = tl.load(scratch + 2 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v101 += (tl.dot(v100.to(DOT_DTYPE), tl.trans(v79).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v79.to(DOT_DTYPE), tl.trans(v100).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v72 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v73 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v80 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v101)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v101)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v102 = tl.zeros((C, D), DTYPE)
     v102_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v102_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + v102_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v102_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v102_start = v102_k * BC
-        v102_B = tl.where(tl.arange(0, C)[:, None] < v102_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + v102_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v102_rows = tl.where(tl.arange(0, C) // BC == v102_k, 1.0, 0.0)
-        v102 += v102_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v102_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v102 = v102 * v102_A
-    for v102_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v102_p = v102_r + v102_j
-        v102_x = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + tl.arange(0, C) * C + v102_p)
-        v102_y = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + 3 * C * D + v102_p[:, None] * D + tl.arange(0, D)[None, :])
-        v102_m = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + C * C + tl.arange(0, C) * C + v102_p)
-        v102_b = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * BV + 2 * C * C + C * D + v102_p[:, None] * D + tl.arange(0, D)[None, :])
-        v102 += v102_x[:, None] * v102_y * v102_m[:, None] * tl.exp(tl.minimum(v72 - v102_b, 0.0))
+    for v102_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v102_c = v102_cb + tl.arange(0, BK)
+        v102_block = tl.zeros((C, BK), DTYPE)
+        v102_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v102_c[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + v102_r[:, None] * D + v102_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        for v102_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v102_start = v102_k * BC
+            v102_B = tl.where(tl.arange(0, C)[:, None] < v102_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + v102_start * D + v102_c)[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v102_c[None, :]), 0.0)), 0.0)
+            v102_rows = tl.where(tl.arange(0, C) // BC == v102_k, 1.0, 0.0)
+            v102_block += v102_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v102_c[None, :]) * v102_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v102_block = v102_block * v102_A
+        v102_aw = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v102_c[None, :])
+        for v102_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v102_p = v102_r + v102_j
+            v102_x = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * BV + tl.arange(0, C) * C + v102_p)
+            v102_y = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + v102_p[:, None] * D + v102_c[None, :])
+            v102_m = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * BV + C * C + tl.arange(0, C) * C + v102_p)
+            v102_b = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + v102_p[:, None] * D + v102_c[None, :])
+            v102_block += v102_x[:, None] * v102_y * v102_m[:, None] * tl.exp(tl.minimum(v102_aw - v102_b, 0.0))
+        tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v102_c[None, :], v102_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v102.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -3271,7 +3355,7 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C)  # v19, v20, v54, v63, v58, v59, v60, v79, v82, v83, v86, v95, v99, v80, local_3, v71, v72, v81, v74, v76, v93
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * BV + 2 * C * C)  # v19, v20, v54, v63, v58, v59, v60, v79, v82, v83, v86, v95, v99, q, v80, local_5, local_3, v71, v72, v81, v74, v76, v93
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -3369,69 +3453,79 @@ def chunk_grad_q_2_bwd_kernel(
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
         v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
         v71_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
-        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v71_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v71_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v71 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v71 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v72 = tl.cumsum(v71, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v73 = v72
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v80)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v80)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v81 = tl.zeros((C, C), DTYPE)
     v81_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v81_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + v81_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v81_xA = q * v81_A
-    for v81_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v81_start = v81_k * BC
-        v81_B = tl.where(tl.arange(0, C)[:, None] < v81_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + v81_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v81_rows = tl.where(tl.arange(0, C) // BC == v81_k, 1.0, 0.0)
-        v81 += v81_rows[:, None] * tl.dot((v81_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v81_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v81_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v81_p = v81_r + v81_j
-        v81_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + v81_p[:, None] * D + tl.arange(0, D)[None, :])
-        v81_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + v81_p[:, None] * D + tl.arange(0, D)[None, :])
-        v81_d = tl.sum(q * v81_y * tl.exp(tl.minimum(v72 - v81_b, 0.0)), axis=1)
-        v81 += tl.where(tl.arange(0, C)[None, :] == v81_p[:, None], v81_d[:, None], 0.0)
+    v81 = tl.zeros((C, C), DTYPE)
+    for v81_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v81_c = v81_cb + tl.arange(0, BK)
+        v81_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v81_c[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + v81_r[:, None] * D + v81_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v81_xA = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v81_c[None, :]) * v81_A
+        for v81_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v81_start = v81_k * BC
+            v81_B = tl.where(tl.arange(0, C)[:, None] < v81_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + v81_start * D + v81_c)[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v81_c[None, :]), 0.0)), 0.0)
+            v81_rows = tl.where(tl.arange(0, C) // BC == v81_k, 1.0, 0.0)
+            v81 += v81_rows[:, None] * tl.dot((v81_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + v81_c[None, :]) * v81_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81_xw = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v81_c[None, :])
+        v81_aw = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v81_c[None, :])
+        for v81_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v81_p = v81_r + v81_j
+            v81_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v81_p[:, None] * D + v81_c[None, :])
+            v81_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + v81_p[:, None] * D + v81_c[None, :])
+            v81_d = tl.sum(v81_xw * v81_y * tl.exp(tl.minimum(v81_aw - v81_b, 0.0)), axis=1)
+            v81 += tl.where(tl.arange(0, C)[None, :] == v81_p[:, None], v81_d[:, None], 0.0)
     v81 = v81 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v81)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v81)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v72_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v72_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v74_rows = tl.exp(v72_rows)  # cumulative decay in the chunk
-        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v74_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v74_rows)  # park
         v76_rows = (q_rows * v74_rows)
-        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v76_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v76_rows)  # park
         local_5_rows = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v84 = v72
     v85 = v73
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v93 = tl.zeros((C, C), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v93_xA = local_5 * v93_A
-    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((v93_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v93_p = v93_r + v93_j
-        v93_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_d = tl.sum(local_5 * v93_y * tl.exp(tl.minimum(v84 - v93_b, 0.0)), axis=1)
-        v93 += tl.where(tl.arange(0, C)[None, :] == v93_p[:, None], v93_d[:, None], 0.0)
+    v93 = tl.zeros((C, C), DTYPE)
+    for v93_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v93_c = v93_cb + tl.arange(0, BK)
+        v93_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v93_c[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + v93_r[:, None] * BV + v93_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v93_xA = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + v93_c[None, :]) * v93_A
+        for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v93_start = v93_k * BC
+            v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + v93_start * BV + v93_c)[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v93_c[None, :]), 0.0)), 0.0)
+            v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+            v93 += v93_rows[:, None] * tl.dot((v93_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v93_c[None, :]) * v93_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93_xw = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + v93_c[None, :])
+        v93_aw = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v93_c[None, :])
+        for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v93_p = v93_r + v93_j
+            v93_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + v93_p[:, None] * BV + v93_c[None, :])
+            v93_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + v93_p[:, None] * BV + v93_c[None, :])
+            v93_d = tl.sum(v93_xw * v93_y * tl.exp(tl.minimum(v93_aw - v93_b, 0.0)), axis=1)
+            v93 += tl.where(tl.arange(0, C)[None, :] == v93_p[:, None], v93_d[:, None], 0.0)
     v93 = v93 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v93)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v93)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3447,7 +3541,7 @@ def chunk_grad_q_2_bwd_kernel(
         v79 = v69
         tl.store(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v79)
     tl.debug_barrier()
-    v81 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v81 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3455,7 +3549,7 @@ def chunk_grad_q_2_bwd_kernel(
         v82 = tl.dot(v81.to(DOT_DTYPE), v79.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v82)
     tl.debug_barrier()
-    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3470,7 +3564,7 @@ def chunk_grad_q_2_bwd_kernel(
         v86 = v64
         tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v86)
     tl.debug_barrier()
-    v93 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v93 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3498,7 +3592,7 @@ def chunk_grad_q_2_bwd_kernel(
         v54 = tl.load(scratch + 2 * HID + offs_h[:, None] * D + offs_i[None, :])
         v99 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v100 += (tl.dot(v99.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v99).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v74 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v74 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v101 = (v74 * v100)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v101.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -3536,7 +3630,7 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + C * BV + 4 * C * C + C)  # v19, v20, v54, v63, v58, v59, v60, v86, v89, v90, v93, v105, v110, v87, local_3, v111, q, causal, v81, v74, v75, v88, v83, v103, v113, v73, v82, v100, v114
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 11 * C * D + 2 * C * BV + 4 * C * C + C)  # v19, v20, v54, v63, v58, v59, v60, v86, v89, v90, v93, v105, v110, q, v87, local_5, local_3, v111, causal, v112, v81, v74, v75, v88, v83, v103, v113, v73, v82, v100, v114
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -3627,7 +3721,7 @@ def chunk_grad_k_0_bwd_kernel(
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v81 = v62
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v81)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v81)  # park
     v87 = (v85 * v81)
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
@@ -3635,69 +3729,79 @@ def chunk_grad_k_0_bwd_kernel(
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
         v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
         v74_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
-        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v74_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v74_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v74 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v74 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v75 = tl.cumsum(v74, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v75)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v75)  # park
     v76 = v75
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v87)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v87)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v88 = tl.zeros((C, C), DTYPE)
     v88_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v88_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + v88_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v88_xA = q * v88_A
-    for v88_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v88_start = v88_k * BC
-        v88_B = tl.where(tl.arange(0, C)[:, None] < v88_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + v88_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v88_rows = tl.where(tl.arange(0, C) // BC == v88_k, 1.0, 0.0)
-        v88 += v88_rows[:, None] * tl.dot((v88_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v88_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v88_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v88_p = v88_r + v88_j
-        v88_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + v88_p[:, None] * D + tl.arange(0, D)[None, :])
-        v88_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + v88_p[:, None] * D + tl.arange(0, D)[None, :])
-        v88_d = tl.sum(q * v88_y * tl.exp(tl.minimum(v75 - v88_b, 0.0)), axis=1)
-        v88 += tl.where(tl.arange(0, C)[None, :] == v88_p[:, None], v88_d[:, None], 0.0)
+    v88 = tl.zeros((C, C), DTYPE)
+    for v88_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v88_c = v88_cb + tl.arange(0, BK)
+        v88_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v88_c[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + v88_r[:, None] * D + v88_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v88_xA = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v88_c[None, :]) * v88_A
+        for v88_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v88_start = v88_k * BC
+            v88_B = tl.where(tl.arange(0, C)[:, None] < v88_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + v88_start * D + v88_c)[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v88_c[None, :]), 0.0)), 0.0)
+            v88_rows = tl.where(tl.arange(0, C) // BC == v88_k, 1.0, 0.0)
+            v88 += v88_rows[:, None] * tl.dot((v88_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + v88_c[None, :]) * v88_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v88_xw = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v88_c[None, :])
+        v88_aw = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v88_c[None, :])
+        for v88_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v88_p = v88_r + v88_j
+            v88_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v88_p[:, None] * D + v88_c[None, :])
+            v88_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + v88_p[:, None] * D + v88_c[None, :])
+            v88_d = tl.sum(v88_xw * v88_y * tl.exp(tl.minimum(v88_aw - v88_b, 0.0)), axis=1)
+            v88 += tl.where(tl.arange(0, C)[None, :] == v88_p[:, None], v88_d[:, None], 0.0)
     v88 = v88 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v88)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v75_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v75_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         v80_rows = tl.exp(v75_rows)  # cumulative decay in the chunk
         v83_rows = (q_rows * v80_rows)
-        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :], v83_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :], v83_rows)  # park
         local_5_rows = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v91 = v75
     v92 = v76
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v103 = tl.zeros((C, C), DTYPE)
     v103_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v103_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + v103_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v103_xA = local_5 * v103_A
-    for v103_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v103_start = v103_k * BC
-        v103_B = tl.where(tl.arange(0, C)[:, None] < v103_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + v103_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v103_rows = tl.where(tl.arange(0, C) // BC == v103_k, 1.0, 0.0)
-        v103 += v103_rows[:, None] * tl.dot((v103_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v103_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v103_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v103_p = v103_r + v103_j
-        v103_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v103_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v103_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + v103_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v103_d = tl.sum(local_5 * v103_y * tl.exp(tl.minimum(v91 - v103_b, 0.0)), axis=1)
-        v103 += tl.where(tl.arange(0, C)[None, :] == v103_p[:, None], v103_d[:, None], 0.0)
+    v103 = tl.zeros((C, C), DTYPE)
+    for v103_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v103_c = v103_cb + tl.arange(0, BK)
+        v103_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v103_c[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + v103_r[:, None] * BV + v103_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v103_xA = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + v103_c[None, :]) * v103_A
+        for v103_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v103_start = v103_k * BC
+            v103_B = tl.where(tl.arange(0, C)[:, None] < v103_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + v103_start * BV + v103_c)[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v103_c[None, :]), 0.0)), 0.0)
+            v103_rows = tl.where(tl.arange(0, C) // BC == v103_k, 1.0, 0.0)
+            v103 += v103_rows[:, None] * tl.dot((v103_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v103_c[None, :]) * v103_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v103_xw = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + v103_c[None, :])
+        v103_aw = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v103_c[None, :])
+        for v103_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v103_p = v103_r + v103_j
+            v103_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + v103_p[:, None] * BV + v103_c[None, :])
+            v103_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + v103_p[:, None] * BV + v103_c[None, :])
+            v103_d = tl.sum(v103_xw * v103_y * tl.exp(tl.minimum(v103_aw - v103_b, 0.0)), axis=1)
+            v103 += tl.where(tl.arange(0, C)[None, :] == v103_p[:, None], v103_d[:, None], 0.0)
     v103 = v103 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v103)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v103)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3713,7 +3817,7 @@ def chunk_grad_k_0_bwd_kernel(
         v86 = v69
         tl.store(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v86)
     tl.debug_barrier()
-    v88 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v88 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3721,7 +3825,7 @@ def chunk_grad_k_0_bwd_kernel(
         v89 = tl.dot(v88.to(DOT_DTYPE), v86.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v83 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v83 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3736,7 +3840,7 @@ def chunk_grad_k_0_bwd_kernel(
         v93 = v64
         tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v103 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v103 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3765,45 +3869,50 @@ def chunk_grad_k_0_bwd_kernel(
         v86 = tl.load(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v110 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v111 += (tl.dot(v110.to(DOT_DTYPE), tl.trans(v86).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v86.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v111)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v112 = tl.zeros((C, D), DTYPE)
     v112_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v112_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + v112_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v112_yA = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v112_A
-    for v112_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v112_start = v112_k * BC
-        v112_B = tl.where(tl.arange(0, C)[:, None] < v112_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + v112_start * D + tl.arange(0, D))[None, :] - v76, 0.0)), 0.0)
-        v112_rows = tl.where(tl.arange(0, C) // BC == v112_k, 1.0, 0.0)
-        v112 += v112_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v112_rows[:, None])).to(DOT_DTYPE), (v112_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v112_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v112_p = v112_r + v112_j
-        v112_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + v112_p * C + tl.arange(0, C))
-        v112_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + v112_p[:, None] * D + tl.arange(0, D)[None, :])
-        v112_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + v112_p * C + tl.arange(0, C))
-        v112_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + v112_p[:, None] * D + tl.arange(0, D)[None, :])
-        v112 += v112_x[:, None] * v112_y * v112_m[:, None] * tl.exp(tl.minimum(v112_a - v76, 0.0))
+    for v112_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v112_c = v112_cb + tl.arange(0, BK)
+        v112_block = tl.zeros((C, BK), DTYPE)
+        v112_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v112_c[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + v112_r[:, None] * D + v112_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v112_yA = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v112_c[None, :]) * v112_A
+        for v112_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v112_start = v112_k * BC
+            v112_B = tl.where(tl.arange(0, C)[:, None] < v112_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + v112_start * D + v112_c)[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v112_c[None, :]), 0.0)), 0.0)
+            v112_rows = tl.where(tl.arange(0, C) // BC == v112_k, 1.0, 0.0)
+            v112_block += v112_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v112_rows[:, None])).to(DOT_DTYPE), (v112_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v112_bw = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v112_c[None, :])
+        for v112_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v112_p = v112_r + v112_j
+            v112_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + v112_p * C + tl.arange(0, C))
+            v112_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + v112_p[:, None] * D + v112_c[None, :])
+            v112_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + C * C + v112_p * C + tl.arange(0, C))
+            v112_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + v112_p[:, None] * D + v112_c[None, :])
+            v112_block += v112_x[:, None] * v112_y * v112_m[:, None] * tl.exp(tl.minimum(v112_a - v112_bw, 0.0))
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v112_c[None, :], v112_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v112 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    v81 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v113 = (v81 * v112)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :], v113)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :], v113)  # park
     v73 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + C * BV + 4 * C * C + offs_s, v73)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * BV + 4 * C * C + offs_s, v73)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v77 = (v75 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v78 = tl.sum((v77), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v73_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + C * BV + 4 * C * C + offs_rb)
-        v76_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
-        v81_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v73_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * BV + 4 * C * C + offs_rb)
+        v76_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v81_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         v79_rows = (v73_rows[:, None] * tl.exp((v78[None, :] - v76_rows)))  # decay from token s to the chunk's end
         v82_rows = (v79_rows * v81_rows)
-        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + C * BV + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v82_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * BV + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v82_rows)  # park
     v100 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3812,18 +3921,18 @@ def chunk_grad_k_0_bwd_kernel(
         v99 = ((-1.0) * d_new_w1)
         v86 = tl.load(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v100 += tl.dot(v86.to(DOT_DTYPE), v99.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + C * BV + 4 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v100)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 9 * C * D + 2 * C * BV + 4 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v100)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v82_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + C * BV + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
-        v100_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + C * BV + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
-        v113_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + C * BV + 4 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v82_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + 2 * C * BV + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v100_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 9 * C * D + 2 * C * BV + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v113_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 2 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         v101_rows = (v82_rows * v100_rows)
         v114_rows = (v101_rows + v113_rows)
-        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 9 * C * D + C * BV + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v114_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + 2 * C * BV + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v114_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v114 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 9 * C * D + C * BV + 4 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + 2 * C * BV + 4 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v115 = v114
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v115.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -3861,7 +3970,7 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 6 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, local_3, v77, v78, v82, v84, v85, v98, v103, v113, v107, v91, v86, v110, v124, v135
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 7 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, q, v90, local_5, local_3, v77, v78, v82, v84, v85, v98, v103, v113, v107, v91, v86, v110, v124, v135
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
@@ -3869,29 +3978,29 @@ def chunk_grad_k_1_bwd_kernel(
         gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
         v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
         v77_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v77_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v77_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v77 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v77 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v78 = tl.cumsum(v77, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
     v80 = (v78 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v81 = tl.sum((v80), axis=0)
     v79 = v78
     v82 = (v76[:, None] * tl.exp((v81[None, :] - v79)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v84 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v82_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
-        v84_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v82_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v84_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v85_rows = (v82_rows * v84_rows)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v85_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v85_rows)  # park
         v98_rows = v85_rows
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :], v98_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v98_rows)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -3979,18 +4088,18 @@ def chunk_grad_k_1_bwd_kernel(
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v96.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v103)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v103)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v98_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v103_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v98_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v103_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v104_rows = (v98_rows * v103_rows)
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v113_rows = (v104_rows + local_6_rows)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v113_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v113_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v114 = v113
     v34 = v11
     v35 = v13
@@ -4013,74 +4122,83 @@ def chunk_grad_k_1_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v90 = (v88 * v84)
-    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v91 = tl.zeros((C, C), DTYPE)
     v91_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v91_xA = q * v91_A
-    for v91_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v91_start = v91_k * BC
-        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v91_rows = tl.where(tl.arange(0, C) // BC == v91_k, 1.0, 0.0)
-        v91 += v91_rows[:, None] * tl.dot((v91_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v91_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v91_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v91_p = v91_r + v91_j
-        v91_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
-        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
-        v91_d = tl.sum(q * v91_y * tl.exp(tl.minimum(v78 - v91_b, 0.0)), axis=1)
-        v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
+    v91 = tl.zeros((C, C), DTYPE)
+    for v91_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v91_c = v91_cb + tl.arange(0, BK)
+        v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v91_c[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v91_r[:, None] * D + v91_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v91_xA = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v91_c[None, :]) * v91_A
+        for v91_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v91_start = v91_k * BC
+            v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v91_start * D + v91_c)[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v91_c[None, :]), 0.0)), 0.0)
+            v91_rows = tl.where(tl.arange(0, C) // BC == v91_k, 1.0, 0.0)
+            v91 += v91_rows[:, None] * tl.dot((v91_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + v91_c[None, :]) * v91_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v91_xw = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v91_c[None, :])
+        v91_aw = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v91_c[None, :])
+        for v91_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v91_p = v91_r + v91_j
+            v91_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v91_p[:, None] * D + v91_c[None, :])
+            v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v91_p[:, None] * D + v91_c[None, :])
+            v91_d = tl.sum(v91_xw * v91_y * tl.exp(tl.minimum(v91_aw - v91_b, 0.0)), axis=1)
+            v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
     v91 = v91 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v78_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v78_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v83_rows = tl.exp(v78_rows)  # cumulative decay in the chunk
         v86_rows = (q_rows * v83_rows)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v86_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v86_rows)  # park
         local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_5_rows = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v94 = v78
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v95 = v79
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v110 = tl.zeros((C, C), DTYPE)
     v110_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v110_xA = local_5 * v110_A
-    for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v110_start = v110_k * BC
-        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
-        v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v110_p = v110_r + v110_j
-        v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_d = tl.sum(local_5 * v110_y * tl.exp(tl.minimum(v94 - v110_b, 0.0)), axis=1)
-        v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
+    v110 = tl.zeros((C, C), DTYPE)
+    for v110_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v110_c = v110_cb + tl.arange(0, BK)
+        v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v110_c[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v110_r[:, None] * BV + v110_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v110_xA = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + v110_c[None, :]) * v110_A
+        for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v110_start = v110_k * BC
+            v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v110_start * BV + v110_c)[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v110_c[None, :]), 0.0)), 0.0)
+            v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
+            v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v110_c[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v110_xw = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + v110_c[None, :])
+        v110_aw = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v110_c[None, :])
+        for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v110_p = v110_r + v110_j
+            v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_p[:, None] * BV + v110_c[None, :])
+            v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v110_p[:, None] * BV + v110_c[None, :])
+            v110_d = tl.sum(v110_xw * v110_y * tl.exp(tl.minimum(v110_aw - v110_b, 0.0)), axis=1)
+            v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
     v110 = v110 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4092,7 +4210,7 @@ def chunk_grad_k_1_bwd_kernel(
         v108 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v108)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4112,7 +4230,7 @@ def chunk_grad_k_1_bwd_kernel(
         v89 = v72
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4122,7 +4240,7 @@ def chunk_grad_k_1_bwd_kernel(
         v93 = (v87 - v92)
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4144,7 +4262,7 @@ def chunk_grad_k_1_bwd_kernel(
         v119 = ((-1.0) * v118)
         tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v119)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4165,14 +4283,14 @@ def chunk_grad_k_1_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v124)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v124)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v114_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v124_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v114_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v124_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
         v125_rows = (v114_rows + v124_rows)
         v126_rows = tl.sum((v125_rows), axis=1)
         v127_rows = (v126_rows / (D))
@@ -4187,9 +4305,9 @@ def chunk_grad_k_1_bwd_kernel(
         v133_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v132_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
         v134_rows = (ln_weight[None, :] * v129_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
         v135_rows = (v133_rows + v134_rows)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v135_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 6 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v135_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v135 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v135 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v136 = v135
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v136.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -4227,7 +4345,7 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 6 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v58, v59, v60, v74, v111, v113, v90, v92, v96, v100, v117, v127, v130, v131, v106, v110, v97, v122, v165, v93, local_3, v80, v81, v88, v112, v94, v89, v115, v102, v107, v119, v133, v161
+    scratch = scratch_ptr + slot * (3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 7 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v58, v59, v60, v74, v111, v113, v90, v92, v96, v100, v117, v127, v130, v131, v106, v110, v97, v122, v165, q, v93, local_5, local_3, v80, v81, v88, v112, v94, v89, v115, v102, v107, v119, v133, v161
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -4320,11 +4438,11 @@ def chunk_grad_k_2_bwd_kernel(
         gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
         v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
         v80_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
-        tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
+        tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v80 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v80 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
     v82 = v81
@@ -4334,78 +4452,86 @@ def chunk_grad_k_2_bwd_kernel(
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
     v88 = (v85 * v87)
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v88)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v88)  # park
     v91 = k
     v112 = (v88 * v91)
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v112)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v112)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v93 = (v91 * v87)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v94_xA = q * v94_A
-    for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v94_p = v94_r + v94_j
-        v94_y = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
-        v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
+    v94 = tl.zeros((C, C), DTYPE)
+    for v94_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v94_c = v94_cb + tl.arange(0, BK)
+        v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]) - tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v94_r[:, None] * D + v94_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v94_xA = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]) * v94_A
+        for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v94_start = v94_k * BC
+            v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v94_start * D + v94_c)[None, :] - tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]), 0.0)), 0.0)
+            v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
+            v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + v94_c[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94_xw = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v94_c[None, :])
+        v94_aw = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :])
+        for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v94_p = v94_r + v94_j
+            v94_y = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + v94_p[:, None] * D + v94_c[None, :])
+            v94_b = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v94_p[:, None] * D + v94_c[None, :])
+            v94_d = tl.sum(v94_xw * v94_y * tl.exp(tl.minimum(v94_aw - v94_b, 0.0)), axis=1)
+            v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v81_rows = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v81_rows = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v86_rows = tl.exp(v81_rows)  # cumulative decay in the chunk
         v89_rows = (q_rows * v86_rows)
-        tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v89_rows)  # park
+        tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v89_rows)  # park
         local_5_rows = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
+    v82 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v115 = tl.zeros((C, C), DTYPE)
     v115_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v115_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v115_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v115_xA = local_5 * v115_A
-    for v115_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v115_start = v115_k * BC
-        v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v115_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v115_rows = tl.where(tl.arange(0, C) // BC == v115_k, 1.0, 0.0)
-        v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v115_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v115_p = v115_r + v115_j
-        v115_y = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + C * D + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v115_b = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v115_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v115_d = tl.sum(local_5 * v115_y * tl.exp(tl.minimum(v98 - v115_b, 0.0)), axis=1)
-        v115 += tl.where(tl.arange(0, C)[None, :] == v115_p[:, None], v115_d[:, None], 0.0)
+    v115 = tl.zeros((C, C), DTYPE)
+    for v115_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v115_c = v115_cb + tl.arange(0, BK)
+        v115_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v115_c[None, :]) - tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v115_r[:, None] * BV + v115_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v115_xA = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + v115_c[None, :]) * v115_A
+        for v115_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v115_start = v115_k * BC
+            v115_B = tl.where(tl.arange(0, C)[:, None] < v115_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v115_start * BV + v115_c)[None, :] - tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v115_c[None, :]), 0.0)), 0.0)
+            v115_rows = tl.where(tl.arange(0, C) // BC == v115_k, 1.0, 0.0)
+            v115 += v115_rows[:, None] * tl.dot((v115_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v115_c[None, :]) * v115_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v115_xw = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + v115_c[None, :])
+        v115_aw = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v115_c[None, :])
+        for v115_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v115_p = v115_r + v115_j
+            v115_y = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v115_p[:, None] * BV + v115_c[None, :])
+            v115_b = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v115_p[:, None] * BV + v115_c[None, :])
+            v115_d = tl.sum(v115_xw * v115_y * tl.exp(tl.minimum(v115_aw - v115_b, 0.0)), axis=1)
+            v115 += tl.where(tl.arange(0, C)[None, :] == v115_p[:, None], v115_d[:, None], 0.0)
     v115 = v115 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v115)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v115)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v102 = v88
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v102)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v102)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4419,7 +4545,7 @@ def chunk_grad_k_2_bwd_kernel(
         v111 = ((-1.0) * d_new_w1)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v111)
     tl.debug_barrier()
-    v112 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v112 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4427,7 +4553,7 @@ def chunk_grad_k_2_bwd_kernel(
         v113 = tl.dot(v112.to(DOT_DTYPE), tl.trans(v111).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v113)
     tl.debug_barrier()
-    v89 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4441,7 +4567,7 @@ def chunk_grad_k_2_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID * D + 2 * HID + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4456,7 +4582,7 @@ def chunk_grad_k_2_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v115 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v115 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4478,7 +4604,7 @@ def chunk_grad_k_2_bwd_kernel(
         v127 = ((-1.0) * v126)
         tl.store(scratch + 3 * HID * D + 2 * HID + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v127)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4512,7 +4638,7 @@ def chunk_grad_k_2_bwd_kernel(
         v97 = (v97_c0 * (1.0 + tl.math.erf((v97_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 3 * HID * D + 2 * HID + 12 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
-    v115 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v115 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4530,18 +4656,18 @@ def chunk_grad_k_2_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID * D + 2 * HID + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v106 = tl.load(scratch + 3 * HID * D + 2 * HID + 11 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v107 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v107)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v107)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v102_rows = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
-        v107_rows = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v102_rows = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v107_rows = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
         v108_rows = (v102_rows * v107_rows)
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v119_rows = (v108_rows + local_6_rows)
-        tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v119_rows)  # park
+        tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v119_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v119 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v120 = v119
     v133 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4553,15 +4679,15 @@ def chunk_grad_k_2_bwd_kernel(
         v132 = (v130 * (0.5 + (0.5 * tl.math.erf(v132_c0)) + (v132_c0 * tl.exp(((-0.5) * (v63 * v63))) / (tl.full((), 1.772453850905516, DTYPE)))))
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v133 += (tl.dot(v132.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v132).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v133)  # park
+    tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v133)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v120_rows = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
-        v133_rows = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v120_rows = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v133_rows = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
         v134_rows = (v120_rows + v133_rows)
         v135_rows = tl.sum((v134_rows), axis=1)
         v136_rows = (v135_rows / (D))
@@ -4596,9 +4722,9 @@ def chunk_grad_k_2_bwd_kernel(
         v159_rows = tl.sum((v158_rows), axis=1)
         v160_rows = (v159_rows / (D))
         v161_rows = (v157_rows + v160_rows[:, None])
-        tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v161_rows)  # park
+        tl.store(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 6 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v161_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v161 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 6 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v161 = tl.load(scratch + 3 * HID * D + 2 * HID + 15 * C * HID + 3 * BV * HID + BV + 7 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4656,7 +4782,7 @@ def chunk_grad_k_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * BV + 9 * C * D + 2 * C * C + C)  # v19, v20, v47, v48, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v193, v110, v130, v140, v177, v179, v182, v195, local_3, v80, v81, v86, v89, v91, v87, v93, v94, v120, v79, v88, v117, v104, v111, v124, v141, v169
+    scratch = scratch_ptr + slot * (6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + C)  # v19, v20, v47, v48, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v193, v110, v130, v140, v177, v179, v182, v195, q, local_5, local_3, v80, v81, v86, v89, v91, v87, v93, v94, v120, v79, v88, v117, v104, v111, v124, v141, v169
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -4681,55 +4807,57 @@ def chunk_grad_k_3_bwd_kernel(
         gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
         v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
         v80_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
-        tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
+        tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v80 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v80 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v93 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v94_xA = q * v94_A
-    for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v94_p = v94_r + v94_j
-        v94_y = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
-        v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
+    v94 = tl.zeros((C, C), DTYPE)
+    for v94_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v94_c = v94_cb + tl.arange(0, BK)
+        v94_A = tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]) - tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + v94_r[:, None] * D + v94_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v94_xA = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]) * v94_A
+        for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v94_start = v94_k * BC
+            v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + v94_start * D + v94_c)[None, :] - tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]), 0.0)), 0.0)
+            v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
+            v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94_xw = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :])
+        v94_aw = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :])
+        for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v94_p = v94_r + v94_j
+            v94_y = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + 2 * C * BV + v94_p[:, None] * D + v94_c[None, :])
+            v94_b = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + v94_p[:, None] * D + v94_c[None, :])
+            v94_d = tl.sum(v94_xw * v94_y * tl.exp(tl.minimum(v94_aw - v94_b, 0.0)), axis=1)
+            v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v103 = tl.sum((v102), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
@@ -4762,7 +4890,7 @@ def chunk_grad_k_3_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v89 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4816,58 +4944,63 @@ def chunk_grad_k_3_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v120 = tl.zeros((C, C), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v120_xA = local_5 * v120_A
-    for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v120_p = v120_r + v120_j
-        v120_y = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_b = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
-        v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
+    v120 = tl.zeros((C, C), DTYPE)
+    for v120_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v120_c = v120_cb + tl.arange(0, BK)
+        v120_A = tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) - tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + v120_r[:, None] * BV + v120_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v120_xA = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) * v120_A
+        for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v120_start = v120_k * BC
+            v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + v120_start * BV + v120_c)[None, :] - tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :]), 0.0)), 0.0)
+            v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+            v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120_xw = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + v120_c[None, :])
+        v120_aw = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :])
+        for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v120_p = v120_r + v120_j
+            v120_y = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + C * BV + v120_p[:, None] * BV + v120_c[None, :])
+            v120_b = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + v120_p[:, None] * BV + v120_c[None, :])
+            v120_d = tl.sum(v120_xw * v120_y * tl.exp(tl.minimum(v120_aw - v120_b, 0.0)), axis=1)
+            v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_s, v79)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + 2 * C * C + offs_s, v79)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v79_rows = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_rb)
-        v82_rows = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v87_rows = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v91_rows = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v79_rows = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + 2 * C * C + offs_rb)
+        v82_rows = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v87_rows = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v91_rows = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v85_rows = (v79_rows[:, None] * tl.exp((v84[None, :] - v82_rows)))  # decay from token s to the chunk's end
         v88_rows = (v85_rows * v87_rows)
-        tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v88_rows)  # park
+        tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v88_rows)  # park
         v117_rows = (v88_rows * v91_rows)
-        tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 8 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v117_rows)  # park
+        tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v117_rows)  # park
         local_4_rows = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 2 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4883,7 +5016,7 @@ def chunk_grad_k_3_bwd_kernel(
         v92 = v75
         tl.store(scratch + 5 * HID + 3 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4899,7 +5032,7 @@ def chunk_grad_k_3_bwd_kernel(
         v100 = v64
         tl.store(scratch + 5 * HID + 3 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4920,7 +5053,7 @@ def chunk_grad_k_3_bwd_kernel(
         v132 = (v131 * (0.5 + (0.5 * tl.math.erf(v132_c0)) + (v132_c0 * tl.exp(((-0.5) * (v96 * v96))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 5 * HID + 3 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v132)
     tl.debug_barrier()
-    v89 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4931,7 +5064,7 @@ def chunk_grad_k_3_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 5 * HID + 4 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 8 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4942,7 +5075,7 @@ def chunk_grad_k_3_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 5 * HID + 5 * HID * D + 10 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4976,7 +5109,7 @@ def chunk_grad_k_3_bwd_kernel(
         v97 = (v97_c0 * (1.0 + tl.math.erf((v97_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 5 * HID + 5 * HID * D + 14 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4994,18 +5127,18 @@ def chunk_grad_k_3_bwd_kernel(
         v100 = tl.load(scratch + 5 * HID + 3 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 5 * HID + 5 * HID * D + 13 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v111)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v111)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v104_rows = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v111_rows = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v104_rows = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v111_rows = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
         v112_rows = (v104_rows * v111_rows)
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v124_rows = (v112_rows + local_6_rows)
-        tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v124_rows)  # park
+        tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v124_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v124 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v124 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v125 = v124
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5019,15 +5152,15 @@ def chunk_grad_k_3_bwd_kernel(
         v60 = tl.load(scratch + 5 * HID + 3 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()
-    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v141)  # park
+    tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v141)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v125_rows = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v141_rows = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v125_rows = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v141_rows = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
         v142_rows = (v125_rows + v141_rows)
         v143_rows = tl.sum((v142_rows), axis=1)
         v144_rows = (v143_rows / (D))
@@ -5062,9 +5195,9 @@ def chunk_grad_k_3_bwd_kernel(
         v167_rows = tl.sum((v166_rows), axis=1)
         v168_rows = (v167_rows / (D))
         v169_rows = (v165_rows + v168_rows[:, None])
-        tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
+        tl.store(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v169 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v169 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5123,7 +5256,7 @@ def chunk_grad_k_3_bwd_kernel(
         v140 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 5 * HID + 6 * HID * D + 18 * C * HID + 5 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v169 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v169 = tl.load(scratch + 6 * HID + 6 * HID * D + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5256,7 +5389,7 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 6 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, local_3, v77, v78, v82, v84, v85, v98, v103, v113, v107, v91, v86, v110, v124, v135
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 7 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, q, v90, local_5, local_3, v77, v78, v82, v84, v85, v98, v103, v113, v107, v91, v86, v110, v124, v135
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
@@ -5264,29 +5397,29 @@ def chunk_grad_v_0_bwd_kernel(
         gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
         v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
         v77_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v77_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v77_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v77 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v77 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v78 = tl.cumsum(v77, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
     v80 = (v78 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v81 = tl.sum((v80), axis=0)
     v79 = v78
     v82 = (v76[:, None] * tl.exp((v81[None, :] - v79)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v84 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v82_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
-        v84_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v82_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v84_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v85_rows = (v82_rows * v84_rows)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v85_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v85_rows)  # park
         v98_rows = v85_rows
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :], v98_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v98_rows)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -5374,18 +5507,18 @@ def chunk_grad_v_0_bwd_kernel(
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v96.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v103)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v103)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v98_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v103_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v98_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v103_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v104_rows = (v98_rows * v103_rows)
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v113_rows = (v104_rows + local_6_rows)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v113_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v113_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v114 = v113
     v34 = v11
     v35 = v13
@@ -5408,74 +5541,83 @@ def chunk_grad_v_0_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v90 = (v88 * v84)
-    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v91 = tl.zeros((C, C), DTYPE)
     v91_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v91_xA = q * v91_A
-    for v91_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v91_start = v91_k * BC
-        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v91_rows = tl.where(tl.arange(0, C) // BC == v91_k, 1.0, 0.0)
-        v91 += v91_rows[:, None] * tl.dot((v91_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v91_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v91_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v91_p = v91_r + v91_j
-        v91_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
-        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
-        v91_d = tl.sum(q * v91_y * tl.exp(tl.minimum(v78 - v91_b, 0.0)), axis=1)
-        v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
+    v91 = tl.zeros((C, C), DTYPE)
+    for v91_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v91_c = v91_cb + tl.arange(0, BK)
+        v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v91_c[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v91_r[:, None] * D + v91_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v91_xA = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v91_c[None, :]) * v91_A
+        for v91_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v91_start = v91_k * BC
+            v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v91_start * D + v91_c)[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v91_c[None, :]), 0.0)), 0.0)
+            v91_rows = tl.where(tl.arange(0, C) // BC == v91_k, 1.0, 0.0)
+            v91 += v91_rows[:, None] * tl.dot((v91_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + v91_c[None, :]) * v91_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v91_xw = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v91_c[None, :])
+        v91_aw = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v91_c[None, :])
+        for v91_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v91_p = v91_r + v91_j
+            v91_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v91_p[:, None] * D + v91_c[None, :])
+            v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v91_p[:, None] * D + v91_c[None, :])
+            v91_d = tl.sum(v91_xw * v91_y * tl.exp(tl.minimum(v91_aw - v91_b, 0.0)), axis=1)
+            v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
     v91 = v91 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v78_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v78_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v83_rows = tl.exp(v78_rows)  # cumulative decay in the chunk
         v86_rows = (q_rows * v83_rows)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v86_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v86_rows)  # park
         local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_5_rows = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v94 = v78
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v95 = v79
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v110 = tl.zeros((C, C), DTYPE)
     v110_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v110_xA = local_5 * v110_A
-    for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v110_start = v110_k * BC
-        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
-        v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v110_p = v110_r + v110_j
-        v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_d = tl.sum(local_5 * v110_y * tl.exp(tl.minimum(v94 - v110_b, 0.0)), axis=1)
-        v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
+    v110 = tl.zeros((C, C), DTYPE)
+    for v110_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v110_c = v110_cb + tl.arange(0, BK)
+        v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v110_c[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v110_r[:, None] * BV + v110_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v110_xA = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + v110_c[None, :]) * v110_A
+        for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v110_start = v110_k * BC
+            v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v110_start * BV + v110_c)[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v110_c[None, :]), 0.0)), 0.0)
+            v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
+            v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v110_c[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v110_xw = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + v110_c[None, :])
+        v110_aw = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v110_c[None, :])
+        for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v110_p = v110_r + v110_j
+            v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_p[:, None] * BV + v110_c[None, :])
+            v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v110_p[:, None] * BV + v110_c[None, :])
+            v110_d = tl.sum(v110_xw * v110_y * tl.exp(tl.minimum(v110_aw - v110_b, 0.0)), axis=1)
+            v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
     v110 = v110 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5487,7 +5629,7 @@ def chunk_grad_v_0_bwd_kernel(
         v108 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v108)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5507,7 +5649,7 @@ def chunk_grad_v_0_bwd_kernel(
         v89 = v72
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5517,7 +5659,7 @@ def chunk_grad_v_0_bwd_kernel(
         v93 = (v87 - v92)
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5539,7 +5681,7 @@ def chunk_grad_v_0_bwd_kernel(
         v119 = ((-1.0) * v118)
         tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v119)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5560,14 +5702,14 @@ def chunk_grad_v_0_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v124)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v124)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v114_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v124_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v114_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v124_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
         v125_rows = (v114_rows + v124_rows)
         v126_rows = tl.sum((v125_rows), axis=1)
         v127_rows = (v126_rows / (D))
@@ -5582,9 +5724,9 @@ def chunk_grad_v_0_bwd_kernel(
         v133_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v132_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
         v134_rows = (ln_weight[None, :] * v129_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
         v135_rows = (v133_rows + v134_rows)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v135_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 6 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v135_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v135 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v135 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v136 = ((-1.0) * v135)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v136.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -5622,7 +5764,7 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 9 * C * D + 2 * C * C + C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, local_3, v80, v81, v86, v89, v91, v87, v93, v94, v79, v88, v117, v120, v104, v111, v124, v141, v169
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, q, local_5, local_3, v80, v81, v86, v89, v91, v87, v93, v94, v79, v88, v117, v120, v104, v111, v124, v141, v169
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -5647,55 +5789,57 @@ def chunk_grad_v_1_bwd_kernel(
         gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
         v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
         v80_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
-        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v80 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v80 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v94_xA = q * v94_A
-    for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v94_p = v94_r + v94_j
-        v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
-        v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
+    v94 = tl.zeros((C, C), DTYPE)
+    for v94_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v94_c = v94_cb + tl.arange(0, BK)
+        v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v94_r[:, None] * D + v94_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v94_xA = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + v94_c[None, :]) * v94_A
+        for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v94_start = v94_k * BC
+            v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v94_start * D + v94_c)[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]), 0.0)), 0.0)
+            v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
+            v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94_xw = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + v94_c[None, :])
+        v94_aw = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :])
+        for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v94_p = v94_r + v94_j
+            v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + 2 * C * BV + v94_p[:, None] * D + v94_c[None, :])
+            v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v94_p[:, None] * D + v94_c[None, :])
+            v94_d = tl.sum(v94_xw * v94_y * tl.exp(tl.minimum(v94_aw - v94_b, 0.0)), axis=1)
+            v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v103 = tl.sum((v102), axis=0)
     v105 = v103
@@ -5731,7 +5875,7 @@ def chunk_grad_v_1_bwd_kernel(
     v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v13 = tl.sum((v12), axis=0)
     v35 = v13
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5780,58 +5924,63 @@ def chunk_grad_v_1_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s, v79)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + C * C + offs_s, v79)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v79_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_rb)
-        v82_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v87_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v91_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v79_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + C * C + offs_rb)
+        v82_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v87_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v91_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v85_rows = (v79_rows[:, None] * tl.exp((v84[None, :] - v82_rows)))  # decay from token s to the chunk's end
         v88_rows = (v85_rows * v87_rows)
-        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v88_rows)  # park
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v88_rows)  # park
         v117_rows = (v88_rows * v91_rows)
-        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v117_rows)  # park
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + 2 * C * BV + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v117_rows)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v120 = tl.zeros((C, C), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v120_xA = local_5 * v120_A
-    for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v120_p = v120_r + v120_j
-        v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
-        v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
+    v120 = tl.zeros((C, C), DTYPE)
+    for v120_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v120_c = v120_cb + tl.arange(0, BK)
+        v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v120_r[:, None] * BV + v120_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v120_xA = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) * v120_A
+        for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v120_start = v120_k * BC
+            v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v120_start * BV + v120_c)[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :]), 0.0)), 0.0)
+            v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+            v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120_xw = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + v120_c[None, :])
+        v120_aw = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :])
+        for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v120_p = v120_r + v120_j
+            v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + C * BV + v120_p[:, None] * BV + v120_c[None, :])
+            v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v120_p[:, None] * BV + v120_c[None, :])
+            v120_d = tl.sum(v120_xw * v120_y * tl.exp(tl.minimum(v120_aw - v120_b, 0.0)), axis=1)
+            v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + C * C + C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5847,7 +5996,7 @@ def chunk_grad_v_1_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5871,7 +6020,7 @@ def chunk_grad_v_1_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + 2 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5885,7 +6034,7 @@ def chunk_grad_v_1_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5908,7 +6057,7 @@ def chunk_grad_v_1_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5941,18 +6090,18 @@ def chunk_grad_v_1_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v111)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v111)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v104_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v111_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v104_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v111_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
         v112_rows = (v104_rows * v111_rows)
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v124_rows = (v112_rows + local_6_rows)
-        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v124_rows)  # park
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v124_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v124 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v124 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v125 = v124
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5961,15 +6110,15 @@ def chunk_grad_v_1_bwd_kernel(
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v141)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v141)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v125_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v141_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v125_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v141_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
         v142_rows = (v125_rows + v141_rows)
         v143_rows = tl.sum((v142_rows), axis=1)
         v144_rows = (v143_rows / (D))
@@ -6004,9 +6153,9 @@ def chunk_grad_v_1_bwd_kernel(
         v167_rows = tl.sum((v166_rows), axis=1)
         v168_rows = (v167_rows / (D))
         v169_rows = (v165_rows + v168_rows[:, None])
-        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v169 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v169 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6026,8 +6175,8 @@ def chunk_grad_v_1_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6131,7 +6280,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 20 * C * D + C)  # v19, v20, v54, v63, v58, v59, v60, v84, v87, v88, v89, v95, v141, v149, local_3, causal, q, local_5, v83, v80, v85, v61, v74, v75, v86, v81, v90, v91, v92, v93, v94, v97, v99, v147, v157, v161, v151, v155, v138, v142, v124, v96, v114, v159, v73, v166, v152, v153, v143, v168
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 22 * C * D + 13 * C * BV + 4 * C * C + C)  # v19, v20, v54, v63, v58, v59, v60, v84, v87, v88, v89, v95, v141, v149, q, local_3, causal, local_5, v99, v154, v138, v152, v83, v80, v85, v61, v74, v75, v86, v81, v90, v91, v92, v93, v94, v97, v99, v147, v157, v161, v151, v155, v138, v142, v124, v96, v114, v159, v73, v166, v152, v153, v143, v168
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -6218,57 +6367,62 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.debug_barrier()
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v83 = k
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + C * D + offs_s[:, None] * D + offs_i[None, :], v83)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v83)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v80 = v62
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v80)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v80)  # park
     v85 = (v83 * v80)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v85)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :], v85)  # park
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
         v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
-        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 4 * C * D + offs_rb[:, None] * D + offs_i[None, :], v61_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v61_rows)  # park
         v74_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
-        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + offs_rb[:, None] * D + offs_i[None, :], v74_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v74_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v74 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 5 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v74 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v75 = tl.cumsum(v74, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_t[:, None] * D + offs_i[None, :], v75)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :], v75)  # park
     v76 = v75
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v86 = tl.zeros((C, C), DTYPE)
     v86_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v86_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v86_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v86_xA = q * v86_A
-    for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v86_start = v86_k * BC
-        v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v86_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
-        v86 += v86_rows[:, None] * tl.dot((v86_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v86_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v86_p = v86_r + v86_j
-        v86_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 3 * C * D + v86_p[:, None] * D + tl.arange(0, D)[None, :])
-        v86_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v86_p[:, None] * D + tl.arange(0, D)[None, :])
-        v86_d = tl.sum(q * v86_y * tl.exp(tl.minimum(v75 - v86_b, 0.0)), axis=1)
-        v86 += tl.where(tl.arange(0, C)[None, :] == v86_p[:, None], v86_d[:, None], 0.0)
+    v86 = tl.zeros((C, C), DTYPE)
+    for v86_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v86_c = v86_cb + tl.arange(0, BK)
+        v86_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + tl.arange(0, C)[:, None] * D + v86_c[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + v86_r[:, None] * D + v86_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v86_xA = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v86_c[None, :]) * v86_A
+        for v86_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v86_start = v86_k * BC
+            v86_B = tl.where(tl.arange(0, C)[:, None] < v86_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + v86_start * D + v86_c)[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + tl.arange(0, C)[:, None] * D + v86_c[None, :]), 0.0)), 0.0)
+            v86_rows = tl.where(tl.arange(0, C) // BC == v86_k, 1.0, 0.0)
+            v86 += v86_rows[:, None] * tl.dot((v86_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 4 * C * BV + C * C + tl.arange(0, C)[:, None] * D + v86_c[None, :]) * v86_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v86_xw = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v86_c[None, :])
+        v86_aw = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + tl.arange(0, C)[:, None] * D + v86_c[None, :])
+        for v86_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v86_p = v86_r + v86_j
+            v86_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 4 * C * BV + C * C + v86_p[:, None] * D + v86_c[None, :])
+            v86_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + v86_p[:, None] * D + v86_c[None, :])
+            v86_d = tl.sum(v86_xw * v86_y * tl.exp(tl.minimum(v86_aw - v86_b, 0.0)), axis=1)
+            v86 += tl.where(tl.arange(0, C)[None, :] == v86_p[:, None], v86_d[:, None], 0.0)
     v86 = v86 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 7 * C * D + offs_t[:, None] * C + offs_s[None, :], v86)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v75_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v75_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :])
         v79_rows = tl.exp(v75_rows)  # cumulative decay in the chunk
         v81_rows = (q_rows * v79_rows)
-        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + 2 * C * C + 7 * C * D + offs_rb[:, None] * D + offs_i[None, :], v81_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v81_rows)  # park
         v90_rows = v79_rows
-        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + 2 * C * C + 8 * C * D + offs_rb[:, None] * D + offs_o[None, :], v90_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v90_rows)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6283,7 +6437,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v84 = v69
         tl.store(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v84)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6291,7 +6445,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v87 = tl.dot(v86.to(DOT_DTYPE), v84.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v87)
     tl.debug_barrier()
-    v81 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + 2 * C * C + 7 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6311,20 +6465,20 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v89 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 2 * HID + HID * D + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * BV + 2 * C * C + 8 * C * D + offs_t[:, None] * D + offs_o[None, :], v91)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + 2 * C * C + 8 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v92 = (v90 * v91)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 4 * C * BV + 2 * C * C + 8 * C * D + offs_t[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v92)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v93 = v75
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * BV + 2 * C * C + 8 * C * D + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 7 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v94 = v76
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * BV + 2 * C * C + 8 * C * D + offs_s[:, None] * D + offs_o[None, :], v94)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 8 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v94)  # park
     v97 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6337,39 +6491,42 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v89 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v97 += tl.dot(v89.to(DOT_DTYPE), tl.trans(v95).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 2 * C * C + 8 * C * D + offs_t[:, None] * C + offs_s[None, :], v97)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * BV + 2 * C * C + 8 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v94 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * BV + 2 * C * C + 8 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 9 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v97)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v99 = tl.zeros((C, BV), DTYPE)
     v99_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v99_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v99_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v99_start = v99_k * BC
-        v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v99_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
-        v99 += v99_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 2 * C * C + 8 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v99_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v99 = v99 * v99_A
-    for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v99_p = v99_r + v99_j
-        v99_x = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 2 * C * C + 8 * C * D + tl.arange(0, C) * C + v99_p)
-        v99_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v99_m = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + tl.arange(0, C) * C + v99_p)
-        v99_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v99_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v99 += v99_x[:, None] * v99_y * v99_m[:, None] * tl.exp(tl.minimum(v93 - v99_b, 0.0))
+    for v99_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v99_c = v99_cb + tl.arange(0, BK)
+        v99_block = tl.zeros((C, BK), DTYPE)
+        v99_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + v99_c[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + v99_r[:, None] * BV + v99_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        for v99_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v99_start = v99_k * BC
+            v99_B = tl.where(tl.arange(0, C)[:, None] < v99_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + v99_start * BV + v99_c)[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + v99_c[None, :]), 0.0)), 0.0)
+            v99_rows = tl.where(tl.arange(0, C) // BC == v99_k, 1.0, 0.0)
+            v99_block += v99_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 9 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + v99_c[None, :]) * v99_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v99_block = v99_block * v99_A
+        v99_aw = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + v99_c[None, :])
+        for v99_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v99_p = v99_r + v99_j
+            v99_x = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 9 * C * BV + 2 * C * C + tl.arange(0, C) * C + v99_p)
+            v99_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + v99_p[:, None] * BV + v99_c[None, :])
+            v99_m = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + C * BV + tl.arange(0, C) * C + v99_p)
+            v99_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + v99_p[:, None] * BV + v99_c[None, :])
+            v99_block += v99_x[:, None] * v99_y * v99_m[:, None] * tl.exp(tl.minimum(v99_aw - v99_b, 0.0))
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + v99_c[None, :], v99_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v99 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 3 * C * C + 8 * C * D + offs_t[:, None] * D + offs_o[None, :], v99)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 9 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v99)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v91_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * BV + 2 * C * C + 8 * C * D + offs_rb[:, None] * D + offs_o[None, :])
-        v92_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 4 * C * BV + 2 * C * C + 8 * C * D + offs_rb[:, None] * D + offs_o[None, :])
-        v99_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 3 * C * C + 8 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v91_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v92_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 6 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v99_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 9 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_o[None, :])
         v100_rows = (v92_rows - v99_rows)
         v101_rows = tl.sum((v100_rows), axis=1)
         v102_rows = (v101_rows / (D))
@@ -6390,29 +6547,30 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v134_rows = (v130_rows + v133_rows[:, None])
         v146_rows = (v134_rows * v91_rows)
         v147_rows = v146_rows
-        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 8 * C * D + offs_rb[:, None] * D + offs_i[None, :], v147_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 10 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :], v147_rows)  # park
         local_5_rows = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * BV + 2 * C * C + 8 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v94 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * BV + 2 * C * C + 8 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v136 = tl.zeros((C, C), DTYPE)
     v136_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v136_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v136_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v136_xA = local_5 * v136_A
-    for v136_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v136_start = v136_k * BC
-        v136_B = tl.where(tl.arange(0, C)[:, None] < v136_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v136_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v136_rows = tl.where(tl.arange(0, C) // BC == v136_k, 1.0, 0.0)
-        v136 += v136_rows[:, None] * tl.dot((v136_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v136_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v136_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v136_p = v136_r + v136_j
-        v136_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + v136_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v136_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v136_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v136_d = tl.sum(local_5 * v136_y * tl.exp(tl.minimum(v93 - v136_b, 0.0)), axis=1)
-        v136 += tl.where(tl.arange(0, C)[None, :] == v136_p[:, None], v136_d[:, None], 0.0)
+    v136 = tl.zeros((C, C), DTYPE)
+    for v136_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v136_c = v136_cb + tl.arange(0, BK)
+        v136_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + v136_c[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + v136_r[:, None] * BV + v136_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v136_xA = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + v136_c[None, :]) * v136_A
+        for v136_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v136_start = v136_k * BC
+            v136_B = tl.where(tl.arange(0, C)[:, None] < v136_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + v136_start * BV + v136_c)[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + v136_c[None, :]), 0.0)), 0.0)
+            v136_rows = tl.where(tl.arange(0, C) // BC == v136_k, 1.0, 0.0)
+            v136 += v136_rows[:, None] * tl.dot((v136_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + v136_c[None, :]) * v136_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v136_xw = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + v136_c[None, :])
+        v136_aw = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + v136_c[None, :])
+        for v136_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v136_p = v136_r + v136_j
+            v136_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + v136_p[:, None] * BV + v136_c[None, :])
+            v136_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + v136_p[:, None] * BV + v136_c[None, :])
+            v136_d = tl.sum(v136_xw * v136_y * tl.exp(tl.minimum(v136_aw - v136_b, 0.0)), axis=1)
+            v136 += tl.where(tl.arange(0, C)[None, :] == v136_p[:, None], v136_d[:, None], 0.0)
     v136 = v136 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -6444,7 +6602,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v149 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v156 += (tl.dot(v149.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v54).to(DOT_DTYPE), tl.trans(v149).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     v157 = (q * v156)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 9 * C * D + offs_t[:, None] * D + offs_i[None, :], v157)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * D + 10 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v157)  # park
     v112 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6466,13 +6624,13 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v75_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v147_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 8 * C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v157_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 9 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v75_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v147_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 10 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v157_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * D + 10 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         v122_rows = (tl.where(offs_rb == nv - 1, 1.0, 0.0)[:, None] * v121[None, :])
         v160_rows = (v122_rows + v147_rows + v157_rows)
         v161_rows = (v160_rows * tl.exp(v75_rows))
-        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 10 * C * D + offs_rb[:, None] * D + offs_i[None, :], v161_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 12 * C * D + 10 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :], v161_rows)  # park
     v151 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6481,65 +6639,67 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v150 = ((-1.0) * v149)
         v84 = tl.load(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v151 += (tl.dot(v150.to(DOT_DTYPE), tl.trans(v84).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v84.to(DOT_DTYPE), tl.trans(v150).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 11 * C * D + offs_t[:, None] * C + offs_s[None, :], v151)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 13 * C * D + 10 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v151)  # park
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v154 = tl.zeros((C, D), DTYPE)
     v154_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v154_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v154_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v154_xA = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v154_A
-    for v154_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v154_start = v154_k * BC
-        v154_B = tl.where(tl.arange(0, C)[:, None] < v154_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v154_start * D + tl.arange(0, D))[None, :] - v76, 0.0)), 0.0)
-        v154_rows = tl.where(tl.arange(0, C) // BC == v154_k, 1.0, 0.0)
-        v154 += v154_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 11 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v154_xA * v154_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v154_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v154_p = v154_r + v154_j
-        v154_x = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + C * C + v154_p[:, None] * D + tl.arange(0, D)[None, :])
-        v154_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 11 * C * D + v154_p * C + tl.arange(0, C))
-        v154_m = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + v154_p * C + tl.arange(0, C))
-        v154_a = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v154_p[:, None] * D + tl.arange(0, D)[None, :])
-        v154 += v154_x * v154_y[:, None] * v154_m[:, None] * tl.exp(tl.minimum(v154_a - v76, 0.0))
+    for v154_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v154_c = v154_cb + tl.arange(0, BK)
+        v154_block = tl.zeros((C, BK), DTYPE)
+        v154_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + tl.arange(0, C)[:, None] * D + v154_c[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + v154_r[:, None] * D + v154_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v154_xA = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v154_c[None, :]) * v154_A
+        for v154_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v154_start = v154_k * BC
+            v154_B = tl.where(tl.arange(0, C)[:, None] < v154_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + v154_start * D + v154_c)[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + tl.arange(0, C)[:, None] * D + v154_c[None, :]), 0.0)), 0.0)
+            v154_rows = tl.where(tl.arange(0, C) // BC == v154_k, 1.0, 0.0)
+            v154_block += v154_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 13 * C * D + 10 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v154_xA * v154_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v154_bw = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + tl.arange(0, C)[:, None] * D + v154_c[None, :])
+        for v154_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v154_p = v154_r + v154_j
+            v154_x = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + v154_p[:, None] * D + v154_c[None, :])
+            v154_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 13 * C * D + 10 * C * BV + 3 * C * C + v154_p * C + tl.arange(0, C))
+            v154_m = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + C * BV + v154_p * C + tl.arange(0, C))
+            v154_a = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + v154_p[:, None] * D + v154_c[None, :])
+            v154_block += v154_x * v154_y[:, None] * v154_m[:, None] * tl.exp(tl.minimum(v154_a - v154_bw, 0.0))
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + 3 * C * BV + C * C + tl.arange(0, C)[:, None] * D + v154_c[None, :], v154_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v154 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + 3 * C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    v85 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v155 = ((-1.0) * v85 * v154)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 4 * C * C + 11 * C * D + offs_s[:, None] * D + offs_i[None, :], v155)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v93 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * BV + 2 * C * C + 8 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v94 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * BV + 2 * C * C + 8 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v97 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 2 * C * C + 8 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + C * C + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 13 * C * D + 10 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :], v155)  # park
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v138 = tl.zeros((C, BV), DTYPE)
     v138_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v138_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v138_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v138_yA = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + C * C + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v138_A
-    for v138_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v138_start = v138_k * BC
-        v138_B = tl.where(tl.arange(0, C)[:, None] < v138_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v138_start * BV + tl.arange(0, BV))[None, :] - v94, 0.0)), 0.0)
-        v138_rows = tl.where(tl.arange(0, C) // BC == v138_k, 1.0, 0.0)
-        v138 += v138_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 2 * C * C + 8 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v138_rows[:, None])).to(DOT_DTYPE), (v138_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v138_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v138_p = v138_r + v138_j
-        v138_x = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 2 * C * C + 8 * C * D + v138_p * C + tl.arange(0, C))
-        v138_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + C * C + C * D + v138_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v138_m = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + v138_p * C + tl.arange(0, C))
-        v138_a = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v138_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v138 += v138_x[:, None] * v138_y * v138_m[:, None] * tl.exp(tl.minimum(v138_a - v94, 0.0))
+    for v138_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v138_c = v138_cb + tl.arange(0, BK)
+        v138_block = tl.zeros((C, BK), DTYPE)
+        v138_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + v138_c[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + v138_r[:, None] * BV + v138_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v138_yA = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + v138_c[None, :]) * v138_A
+        for v138_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v138_start = v138_k * BC
+            v138_B = tl.where(tl.arange(0, C)[:, None] < v138_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + v138_start * BV + v138_c)[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + v138_c[None, :]), 0.0)), 0.0)
+            v138_rows = tl.where(tl.arange(0, C) // BC == v138_k, 1.0, 0.0)
+            v138_block += v138_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 9 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v138_rows[:, None])).to(DOT_DTYPE), (v138_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v138_bw = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + v138_c[None, :])
+        for v138_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v138_p = v138_r + v138_j
+            v138_x = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 9 * C * BV + 2 * C * C + v138_p * C + tl.arange(0, C))
+            v138_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + v138_p[:, None] * BV + v138_c[None, :])
+            v138_m = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + C * BV + v138_p * C + tl.arange(0, C))
+            v138_a = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + v138_p[:, None] * BV + v138_c[None, :])
+            v138_block += v138_x[:, None] * v138_y * v138_m[:, None] * tl.exp(tl.minimum(v138_a - v138_bw, 0.0))
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + v138_c[None, :], v138_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v138 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 3 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 4 * C * C + 12 * C * D + offs_s[:, None] * D + offs_o[None, :], v138)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 14 * C * D + 10 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v138)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v138_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 4 * C * C + 12 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v138_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 14 * C * D + 10 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_o[None, :])
         v139_rows = ((-1.0) * local_3_rows * v138_rows)
         v142_rows = v139_rows
-        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 12 * C * D + offs_rb[:, None] * D + offs_i[None, :], v142_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 14 * C * D + 11 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_i[None, :], v142_rows)  # park
     v123 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6549,12 +6709,12 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v84 = tl.load(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v123 += tl.dot(v84.to(DOT_DTYPE), v118.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v83 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 3 * C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v124 = (v83 * v123)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 13 * C * D + offs_s[:, None] * D + offs_i[None, :], v124)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 15 * C * D + 11 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :], v124)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v96 = local_2
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 14 * C * D + offs_s[:, None] * D + offs_o[None, :], v96)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 16 * C * D + 11 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v96)  # park
     v114 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6563,94 +6723,96 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v110 = ((-1.0) * d_new_w2)
         v95 = tl.load(scratch + 2 * HID + HID * D + 5 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v114 += tl.dot(v95.to(DOT_DTYPE), tl.trans(v110).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * BV + 4 * C * C + 14 * C * D + offs_s[:, None] * D + offs_o[None, :], v114)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 16 * C * D + 12 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v114)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v80_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v96_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 14 * C * D + offs_rb[:, None] * D + offs_o[None, :])
-        v114_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * BV + 4 * C * C + 14 * C * D + offs_rb[:, None] * D + offs_o[None, :])
-        v124_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 13 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v80_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 4 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v96_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 16 * C * D + 11 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v114_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 16 * C * D + 12 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v124_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 15 * C * D + 11 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         v115_rows = (v96_rows * v114_rows)
         v117_rows = v115_rows
         v158_rows = (v117_rows + v124_rows)
         v159_rows = (v80_rows * v158_rows)
-        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 14 * C * D + offs_rb[:, None] * D + offs_i[None, :], v159_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 16 * C * D + 13 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_i[None, :], v159_rows)  # park
     v73 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 15 * C * D + offs_s, v73)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 17 * C * D + 13 * C * BV + 4 * C * C + offs_s, v73)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v77 = (v75 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v78 = tl.sum((v77), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v73_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 15 * C * D + offs_rb)
-        v76_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v142_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 9 * C * BV + 4 * C * C + 12 * C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v155_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 4 * C * C + 11 * C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v159_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 14 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v73_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 17 * C * D + 13 * C * BV + 4 * C * C + offs_rb)
+        v76_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v142_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 14 * C * D + 11 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v155_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 13 * C * D + 10 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v159_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 16 * C * D + 13 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         v164_rows = ((-1.0) * v73_rows[:, None] * v159_rows * tl.exp((v78[None, :] - v76_rows)))
         v166_rows = (v142_rows + v155_rows + v164_rows)
-        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 15 * C * D + C + offs_rb[:, None] * D + offs_i[None, :], v166_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 17 * C * D + 13 * C * BV + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v166_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v166 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 15 * C * D + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v166 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 17 * C * D + 13 * C * BV + 4 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v167 = v166
-    v75 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v85 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v151 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 11 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v152 = tl.zeros((C, D), DTYPE)
     v152_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v152_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v152_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v152_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v152_start = v152_k * BC
-        v152_B = tl.where(tl.arange(0, C)[:, None] < v152_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v152_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v152_rows = tl.where(tl.arange(0, C) // BC == v152_k, 1.0, 0.0)
-        v152 += v152_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 11 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v152_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v152 = v152 * v152_A
-    for v152_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v152_p = v152_r + v152_j
-        v152_x = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 3 * C * D + v152_p[:, None] * D + tl.arange(0, D)[None, :])
-        v152_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 11 * C * D + tl.arange(0, C) * C + v152_p)
-        v152_m = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * BV + tl.arange(0, C) * C + v152_p)
-        v152_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + v152_p[:, None] * D + tl.arange(0, D)[None, :])
-        v152 += v152_x * v152_y[:, None] * v152_m[:, None] * tl.exp(tl.minimum(v75 - v152_b, 0.0))
+    for v152_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v152_c = v152_cb + tl.arange(0, BK)
+        v152_block = tl.zeros((C, BK), DTYPE)
+        v152_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + tl.arange(0, C)[:, None] * D + v152_c[None, :]) - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + v152_r[:, None] * D + v152_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        for v152_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v152_start = v152_k * BC
+            v152_B = tl.where(tl.arange(0, C)[:, None] < v152_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + v152_start * D + v152_c)[None, :] - tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + tl.arange(0, C)[:, None] * D + v152_c[None, :]), 0.0)), 0.0)
+            v152_rows = tl.where(tl.arange(0, C) // BC == v152_k, 1.0, 0.0)
+            v152_block += v152_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 13 * C * D + 10 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 4 * C * BV + C * C + tl.arange(0, C)[:, None] * D + v152_c[None, :]) * v152_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v152_block = v152_block * v152_A
+        v152_aw = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + tl.arange(0, C)[:, None] * D + v152_c[None, :])
+        for v152_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v152_p = v152_r + v152_j
+            v152_x = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 5 * C * D + 4 * C * BV + C * C + v152_p[:, None] * D + v152_c[None, :])
+            v152_y = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 13 * C * D + 10 * C * BV + 3 * C * C + tl.arange(0, C) * C + v152_p)
+            v152_m = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + C * D + C * BV + tl.arange(0, C) * C + v152_p)
+            v152_b = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + v152_p[:, None] * D + v152_c[None, :])
+            v152_block += v152_x * v152_y[:, None] * v152_m[:, None] * tl.exp(tl.minimum(v152_aw - v152_b, 0.0))
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 4 * C * BV + C * C + tl.arange(0, C)[:, None] * D + v152_c[None, :], v152_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v152 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * D + 4 * C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 16 * C * D + C + offs_t[:, None] * D + offs_i[None, :], v152)  # park
+    tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 18 * C * D + 13 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_i[None, :], v152)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v99_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 7 * C * BV + 3 * C * C + 8 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v99_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 10 * C * D + 9 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_o[None, :])
         local_5_rows = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v152_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 16 * C * D + C + offs_rb[:, None] * D + offs_i[None, :])
+        v152_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 18 * C * D + 13 * C * BV + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
         v153_rows = (q_rows * v152_rows)
-        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 17 * C * D + C + offs_rb[:, None] * D + offs_i[None, :], v153_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 19 * C * D + 13 * C * BV + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v153_rows)  # park
         v137_rows = (local_5_rows * v99_rows)
         v143_rows = v137_rows
-        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 18 * C * D + C + offs_rb[:, None] * D + offs_i[None, :], v143_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 20 * C * D + 13 * C * BV + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v143_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v73 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 15 * C * D + offs_s)  # parked
-    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v159 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 14 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v73 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 17 * C * D + 13 * C * BV + 4 * C * C + offs_s)  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v159 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 16 * C * D + 13 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v162 = (v73[:, None] * v159 * tl.exp((v78[None, :] - v76)))
     v163 = tl.sum((v162), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v143_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 18 * C * D + C + offs_rb[:, None] * D + offs_i[None, :])
-        v153_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 17 * C * D + C + offs_rb[:, None] * D + offs_i[None, :])
-        v161_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 8 * C * BV + 3 * C * C + 10 * C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v167_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 15 * C * D + C + offs_rb[:, None] * D + offs_i[None, :])
+        v143_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 20 * C * D + 13 * C * BV + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v153_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 19 * C * D + 13 * C * BV + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v161_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 12 * C * D + 10 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v167_rows = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 17 * C * D + 13 * C * BV + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
         v165_rows = (tl.where(offs_rb == nv - 1, 1.0, 0.0)[:, None] * v163[None, :])
         v168_rows = (v143_rows + v153_rows + v161_rows + v165_rows + v167_rows)
-        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 19 * C * D + C + offs_rb[:, None] * D + offs_i[None, :], v168_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 21 * C * D + 13 * C * BV + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v168_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v168 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 11 * C * BV + 4 * C * C + 19 * C * D + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v168 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 21 * C * D + 13 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v169 = tl.cumsum(v168, axis=0, reverse=True)
-    v61 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 2 * C * BV + C * C + 4 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 2 * HID + HID * D + 8 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v170 = (v169 * tl.where((tl.full((), -1e-30, DTYPE) + v61) > 0, 1.0, 0.0) / (tl.maximum(tl.full((), 1e-30, DTYPE), v61)))
     v171 = (v170 * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v171.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -6689,7 +6851,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * BV + 9 * C * D + 2 * C * C + C)  # v50, v51, v19, v20, v52, v53, v116, v54, v90, v63, v56, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v110, v130, v140, v177, v179, local_3, v80, v81, v86, v89, v91, v87, v93, v94, v120, v79, v88, v117, v104, v111, v124, v141, v169
+    scratch = scratch_ptr + slot * (7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + C)  # v50, v51, v19, v20, v52, v53, v116, v54, v90, v63, v56, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v110, v130, v140, v177, v179, q, local_5, local_3, v80, v81, v86, v89, v91, v87, v93, v94, v120, v79, v88, v117, v104, v111, v124, v141, v169
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v11 = tl.sum((v10), axis=0)
@@ -6720,54 +6882,57 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
         v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
         v80_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
-        tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
+        tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v80 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v80 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v93 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v94_xA = q * v94_A
-    for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v94_p = v94_r + v94_j
-        v94_y = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 6 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
-        v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
+    v94 = tl.zeros((C, C), DTYPE)
+    for v94_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v94_c = v94_cb + tl.arange(0, BK)
+        v94_A = tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]) - tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + v94_r[:, None] * D + v94_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v94_xA = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]) * v94_A
+        for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v94_start = v94_k * BC
+            v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + v94_start * D + v94_c)[None, :] - tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]), 0.0)), 0.0)
+            v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
+            v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94_xw = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :])
+        v94_aw = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :])
+        for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v94_p = v94_r + v94_j
+            v94_y = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 7 * C * D + 2 * C * BV + v94_p[:, None] * D + v94_c[None, :])
+            v94_b = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + v94_p[:, None] * D + v94_c[None, :])
+            v94_d = tl.sum(v94_xw * v94_y * tl.exp(tl.minimum(v94_aw - v94_b, 0.0)), axis=1)
+            v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v103 = tl.sum((v102), axis=0)
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -6799,7 +6964,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v13 = tl.sum((v12), axis=0)
-    v89 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6850,58 +7015,63 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v120 = tl.zeros((C, C), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v120_xA = local_5 * v120_A
-    for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v120_p = v120_r + v120_j
-        v120_y = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_b = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
-        v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
+    v120 = tl.zeros((C, C), DTYPE)
+    for v120_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v120_c = v120_cb + tl.arange(0, BK)
+        v120_A = tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) - tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + v120_r[:, None] * BV + v120_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v120_xA = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) * v120_A
+        for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v120_start = v120_k * BC
+            v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + v120_start * BV + v120_c)[None, :] - tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :]), 0.0)), 0.0)
+            v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+            v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120_xw = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + v120_c[None, :])
+        v120_aw = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :])
+        for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v120_p = v120_r + v120_j
+            v120_y = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * D + C * BV + v120_p[:, None] * BV + v120_c[None, :])
+            v120_b = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + v120_p[:, None] * BV + v120_c[None, :])
+            v120_d = tl.sum(v120_xw * v120_y * tl.exp(tl.minimum(v120_aw - v120_b, 0.0)), axis=1)
+            v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_s, v79)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + 2 * C * C + offs_s, v79)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v79_rows = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_rb)
-        v82_rows = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v87_rows = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v91_rows = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v79_rows = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + 2 * C * C + offs_rb)
+        v82_rows = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v87_rows = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v91_rows = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v85_rows = (v79_rows[:, None] * tl.exp((v84[None, :] - v82_rows)))  # decay from token s to the chunk's end
         v88_rows = (v85_rows * v87_rows)
-        tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v88_rows)  # park
+        tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v88_rows)  # park
         v117_rows = (v88_rows * v91_rows)
-        tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 8 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v117_rows)  # park
+        tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v117_rows)  # park
         local_4_rows = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 2 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6917,7 +7087,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v92 = v75
         tl.store(scratch + 5 * HID * D + 3 * HID + 3 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6933,7 +7103,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v100 = v64
         tl.store(scratch + 5 * HID * D + 3 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6954,7 +7124,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v132 = (v131 * (0.5 + (0.5 * tl.math.erf(v132_c0)) + (v132_c0 * tl.exp(((-0.5) * (v96 * v96))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 5 * HID * D + 3 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v132)
     tl.debug_barrier()
-    v89 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6965,7 +7135,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 6 * HID * D + 3 * HID + 9 * C * HID + 3 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 8 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 9 * C * D + 2 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6976,7 +7146,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 7 * HID * D + 3 * HID + 10 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7010,7 +7180,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v97 = (v97_c0 * (1.0 + tl.math.erf((v97_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 7 * HID * D + 3 * HID + 14 * C * HID + 4 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 7 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7028,18 +7198,18 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v100 = tl.load(scratch + 5 * HID * D + 3 * HID + 6 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 7 * HID * D + 3 * HID + 13 * C * HID + 3 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v111)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v111)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v104_rows = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v111_rows = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v104_rows = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v111_rows = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
         v112_rows = (v104_rows * v111_rows)
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v124_rows = (v112_rows + local_6_rows)
-        tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v124_rows)  # park
+        tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v124_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v124 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v124 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v125 = v124
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7053,15 +7223,15 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v60 = tl.load(scratch + 5 * HID * D + 3 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()
-    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v141)  # park
+    tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v141)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v125_rows = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v141_rows = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v125_rows = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v141_rows = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
         v142_rows = (v125_rows + v141_rows)
         v143_rows = tl.sum((v142_rows), axis=1)
         v144_rows = (v143_rows / (D))
@@ -7096,9 +7266,9 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v167_rows = tl.sum((v166_rows), axis=1)
         v168_rows = (v167_rows / (D))
         v169_rows = (v165_rows + v168_rows[:, None])
-        tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
+        tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v169 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v169 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7155,7 +7325,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v140 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 6 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v169 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v169 = tl.load(scratch + 7 * HID * D + 3 * HID + 18 * C * HID + 8 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7222,7 +7392,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 11 * C * D + 7 * C * BV + 5 * C * C + C)  # v19, v20, v54, v63, v58, v59, v60, v85, v88, v89, v93, v113, v119, v86, local_3, v120, q, causal, local_5, v95, v84, v74, v75, v87, v82, v91, v92, v109, v122, v110, v94, v114, v107, v101, v123, v73, v125
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 12 * C * D + 8 * C * BV + 5 * C * C + C)  # v19, v20, v54, v63, v58, v59, v60, v85, v88, v89, v93, v113, v119, q, v86, local_5, local_3, v120, causal, v95, v121, v110, v84, v74, v75, v87, v82, v91, v92, v109, v122, v110, v94, v114, v107, v101, v123, v73, v125
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -7309,7 +7479,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tl.debug_barrier()
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v84 = k
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
@@ -7321,71 +7491,81 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
         v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
         v74_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
-        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :], v74_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :], v74_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v74 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v74 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v75 = tl.cumsum(v74, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v75)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v75)  # park
     v76 = v75
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v86)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v86)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v87 = tl.zeros((C, C), DTYPE)
     v87_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v87_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + v87_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v87_xA = q * v87_A
-    for v87_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v87_start = v87_k * BC
-        v87_B = tl.where(tl.arange(0, C)[:, None] < v87_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + v87_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v87_rows = tl.where(tl.arange(0, C) // BC == v87_k, 1.0, 0.0)
-        v87 += v87_rows[:, None] * tl.dot((v87_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v87_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v87_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v87_p = v87_r + v87_j
-        v87_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + v87_p[:, None] * D + tl.arange(0, D)[None, :])
-        v87_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + v87_p[:, None] * D + tl.arange(0, D)[None, :])
-        v87_d = tl.sum(q * v87_y * tl.exp(tl.minimum(v75 - v87_b, 0.0)), axis=1)
-        v87 += tl.where(tl.arange(0, C)[None, :] == v87_p[:, None], v87_d[:, None], 0.0)
+    v87 = tl.zeros((C, C), DTYPE)
+    for v87_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v87_c = v87_cb + tl.arange(0, BK)
+        v87_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + v87_c[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + v87_r[:, None] * D + v87_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v87_xA = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v87_c[None, :]) * v87_A
+        for v87_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v87_start = v87_k * BC
+            v87_B = tl.where(tl.arange(0, C)[:, None] < v87_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + v87_start * D + v87_c)[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + v87_c[None, :]), 0.0)), 0.0)
+            v87_rows = tl.where(tl.arange(0, C) // BC == v87_k, 1.0, 0.0)
+            v87 += v87_rows[:, None] * tl.dot((v87_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + v87_c[None, :]) * v87_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v87_xw = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v87_c[None, :])
+        v87_aw = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + v87_c[None, :])
+        for v87_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v87_p = v87_r + v87_j
+            v87_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v87_p[:, None] * D + v87_c[None, :])
+            v87_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + v87_p[:, None] * D + v87_c[None, :])
+            v87_d = tl.sum(v87_xw * v87_y * tl.exp(tl.minimum(v87_aw - v87_b, 0.0)), axis=1)
+            v87 += tl.where(tl.arange(0, C)[None, :] == v87_p[:, None], v87_d[:, None], 0.0)
     v87 = v87 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v87)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v75_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v75_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         v80_rows = tl.exp(v75_rows)  # cumulative decay in the chunk
         v82_rows = (q_rows * v80_rows)
-        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_i[None, :], v82_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_i[None, :], v82_rows)  # park
         local_5_rows = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v91 = v75
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v91)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 3 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v91)  # park
     v92 = v76
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v92)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v109 = tl.zeros((C, C), DTYPE)
     v109_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v109_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + v109_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v109_xA = local_5 * v109_A
-    for v109_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v109_start = v109_k * BC
-        v109_B = tl.where(tl.arange(0, C)[:, None] < v109_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + v109_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v109_rows = tl.where(tl.arange(0, C) // BC == v109_k, 1.0, 0.0)
-        v109 += v109_rows[:, None] * tl.dot((v109_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v109_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v109_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v109_p = v109_r + v109_j
-        v109_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + v109_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v109_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + v109_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v109_d = tl.sum(local_5 * v109_y * tl.exp(tl.minimum(v91 - v109_b, 0.0)), axis=1)
-        v109 += tl.where(tl.arange(0, C)[None, :] == v109_p[:, None], v109_d[:, None], 0.0)
+    v109 = tl.zeros((C, C), DTYPE)
+    for v109_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v109_c = v109_cb + tl.arange(0, BK)
+        v109_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + v109_c[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + v109_r[:, None] * BV + v109_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v109_xA = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + v109_c[None, :]) * v109_A
+        for v109_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v109_start = v109_k * BC
+            v109_B = tl.where(tl.arange(0, C)[:, None] < v109_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + v109_start * BV + v109_c)[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + v109_c[None, :]), 0.0)), 0.0)
+            v109_rows = tl.where(tl.arange(0, C) // BC == v109_k, 1.0, 0.0)
+            v109 += v109_rows[:, None] * tl.dot((v109_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v109_c[None, :]) * v109_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v109_xw = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + v109_c[None, :])
+        v109_aw = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + v109_c[None, :])
+        for v109_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v109_p = v109_r + v109_j
+            v109_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + v109_p[:, None] * BV + v109_c[None, :])
+            v109_b = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + v109_p[:, None] * BV + v109_c[None, :])
+            v109_d = tl.sum(v109_xw * v109_y * tl.exp(tl.minimum(v109_aw - v109_b, 0.0)), axis=1)
+            v109 += tl.where(tl.arange(0, C)[None, :] == v109_p[:, None], v109_d[:, None], 0.0)
     v109 = v109 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v109)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v109)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7401,7 +7581,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v85 = v69
         tl.store(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v85)
     tl.debug_barrier()
-    v87 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v87 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7409,7 +7589,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v88 = tl.dot(v87.to(DOT_DTYPE), v85.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v88)
     tl.debug_barrier()
-    v82 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7424,7 +7604,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v93 = v64
         tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v109 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v109 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7453,32 +7633,35 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v85 = tl.load(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v119 = tl.load(scratch + 2 * HID + HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v120 += (tl.dot(v119.to(DOT_DTYPE), tl.trans(v85).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v85.to(DOT_DTYPE), tl.trans(v119).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v76 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v120)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v120)
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v121 = tl.zeros((C, D), DTYPE)
     v121_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v121_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + v121_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v121_yA = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v121_A
-    for v121_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v121_start = v121_k * BC
-        v121_B = tl.where(tl.arange(0, C)[:, None] < v121_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + v121_start * D + tl.arange(0, D))[None, :] - v76, 0.0)), 0.0)
-        v121_rows = tl.where(tl.arange(0, C) // BC == v121_k, 1.0, 0.0)
-        v121 += v121_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v121_rows[:, None])).to(DOT_DTYPE), (v121_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v121_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v121_p = v121_r + v121_j
-        v121_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + v121_p * C + tl.arange(0, C))
-        v121_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + C * D + C * BV + C * C + v121_p[:, None] * D + tl.arange(0, D)[None, :])
-        v121_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + v121_p * C + tl.arange(0, C))
-        v121_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + v121_p[:, None] * D + tl.arange(0, D)[None, :])
-        v121 += v121_x[:, None] * v121_y * v121_m[:, None] * tl.exp(tl.minimum(v121_a - v76, 0.0))
+    for v121_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v121_c = v121_cb + tl.arange(0, BK)
+        v121_block = tl.zeros((C, BK), DTYPE)
+        v121_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + v121_c[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + v121_r[:, None] * D + v121_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v121_yA = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v121_c[None, :]) * v121_A
+        for v121_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v121_start = v121_k * BC
+            v121_B = tl.where(tl.arange(0, C)[:, None] < v121_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + v121_start * D + v121_c)[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + v121_c[None, :]), 0.0)), 0.0)
+            v121_rows = tl.where(tl.arange(0, C) // BC == v121_k, 1.0, 0.0)
+            v121_block += v121_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v121_rows[:, None])).to(DOT_DTYPE), (v121_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v121_bw = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + v121_c[None, :])
+        for v121_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v121_p = v121_r + v121_j
+            v121_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + v121_p * C + tl.arange(0, C))
+            v121_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + v121_p[:, None] * D + v121_c[None, :])
+            v121_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + C * C + v121_p * C + tl.arange(0, C))
+            v121_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + v121_p[:, None] * D + v121_c[None, :])
+            v121_block += v121_x[:, None] * v121_y * v121_m[:, None] * tl.exp(tl.minimum(v121_a - v121_bw, 0.0))
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + v121_c[None, :], v121_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v121 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    v84 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v122 = (v84 * v121)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v122)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v122)  # park
     v95 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7488,42 +7671,43 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v90 = (v90_c0 * (1.0 + tl.math.erf((v90_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v93 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v95 += tl.dot(v90.to(DOT_DTYPE), tl.trans(v93).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 2 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
     tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v95)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v110 = tl.zeros((C, BV), DTYPE)
     v110_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v110_xA = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_A
-    for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v110_start = v110_k * BC
-        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + v110_start * BV + tl.arange(0, BV))[None, :] - v92, 0.0)), 0.0)
-        v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
-        v110 += v110_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v110_xA * v110_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v110_p = v110_r + v110_j
-        v110_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + 2 * C * C + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + 2 * C * C + v110_p * C + tl.arange(0, C))
-        v110_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * BV + C * C + v110_p * C + tl.arange(0, C))
-        v110_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110 += v110_x * v110_y[:, None] * v110_m[:, None] * tl.exp(tl.minimum(v110_a - v92, 0.0))
+    for v110_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v110_c = v110_cb + tl.arange(0, BK)
+        v110_block = tl.zeros((C, BK), DTYPE)
+        v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + v110_c[None, :]) - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + v110_r[:, None] * BV + v110_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v110_xA = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + v110_c[None, :]) * v110_A
+        for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v110_start = v110_k * BC
+            v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + v110_start * BV + v110_c)[None, :] - tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + v110_c[None, :]), 0.0)), 0.0)
+            v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
+            v110_block += v110_B * tl.dot(tl.trans((tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v110_xA * v110_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v110_bw = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + v110_c[None, :])
+        for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v110_p = v110_r + v110_j
+            v110_x = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + v110_p[:, None] * BV + v110_c[None, :])
+            v110_y = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + 2 * C * C + v110_p * C + tl.arange(0, C))
+            v110_m = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + C * C + v110_p * C + tl.arange(0, C))
+            v110_a = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + v110_p[:, None] * BV + v110_c[None, :])
+            v110_block += v110_x * v110_y[:, None] * v110_m[:, None] * tl.exp(tl.minimum(v110_a - v110_bw, 0.0))
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + v110_c[None, :], v110_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v110 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v110)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v110)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v94 = local_2
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v94)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + 6 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v94_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 5 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_o[None, :])
-        v110_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 4 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v94_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + 6 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v110_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + 5 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_o[None, :])
         v112_rows = (v94_rows * v110_rows)
         v114_rows = v112_rows
-        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 6 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :], v114_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + 7 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :], v114_rows)  # park
     v106 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7533,9 +7717,9 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v85 = tl.load(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v106 += tl.dot(v85.to(DOT_DTYPE), v105.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v84 * v106)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + 6 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 9 * C * D + 7 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     v101 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7544,37 +7728,37 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v100 = ((-1.0) * d_new_w2)
         v93 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v101 += tl.dot(v93.to(DOT_DTYPE), tl.trans(v100).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 9 * C * D + 6 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v101)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + 7 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v101)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v94_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 5 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_o[None, :])
-        v101_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 9 * C * D + 6 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_o[None, :])
-        v107_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + 6 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v94_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + 6 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v101_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + 7 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v107_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 9 * C * D + 7 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         v102_rows = (v94_rows * v101_rows)
         v104_rows = v102_rows
         v123_rows = (v104_rows + v107_rows)
-        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 9 * C * D + 7 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :], v123_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + 8 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :], v123_rows)  # park
     v73 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + 7 * C * BV + 5 * C * C + offs_s, v73)  # park
+    tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 11 * C * D + 8 * C * BV + 5 * C * C + offs_s, v73)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v75 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v77 = (v75 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v78 = tl.sum((v77), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v73_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + 7 * C * BV + 5 * C * C + offs_rb)
-        v76_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :])
-        v114_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 6 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :])
-        v122_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 6 * C * D + 4 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :])
-        v123_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 9 * C * D + 7 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v73_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 11 * C * D + 8 * C * BV + 5 * C * C + offs_rb)
+        v76_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v114_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 8 * C * D + 7 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v122_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 7 * C * D + 5 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v123_rows = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + 8 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         v79_rows = (v73_rows[:, None] * tl.exp((v78[None, :] - v76_rows)))  # decay from token s to the chunk's end
         v124_rows = (v79_rows * v123_rows)
         v125_rows = (v114_rows + v122_rows + v124_rows)
-        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + 7 * C * BV + 5 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v125_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 11 * C * D + 8 * C * BV + 5 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v125_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v125 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 10 * C * D + 7 * C * BV + 5 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v125 = tl.load(scratch + 2 * HID + HID * D + 7 * C * HID + 2 * BV * HID + BV + 11 * C * D + 8 * C * BV + 5 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v126 = v125
     v127 = (v126 * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v127.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -7613,7 +7797,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 6 * C * BV + 9 * C * D + 2 * C * C + C)  # v19, v20, v48, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v110, v130, v140, v177, v179, local_3, v80, v81, v86, v89, v91, v87, v93, v94, v120, v79, v88, v117, v104, v111, v124, v141, v169
+    scratch = scratch_ptr + slot * (4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 7 * C * BV + 2 * C * C + C)  # v19, v20, v48, v52, v53, v116, v54, v90, v63, v58, v59, v60, v74, v92, v96, v64, v100, v122, v132, v137, v115, v118, v133, v136, v138, v109, v114, v97, v127, v139, v174, v110, v130, v140, v177, v179, q, local_5, local_3, v80, v81, v86, v89, v91, v87, v93, v94, v120, v79, v88, v117, v104, v111, v124, v141, v169
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -7638,55 +7822,57 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         gate_eta_rows = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
         v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
         v80_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
-        tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
+        tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v80 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v80 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v93 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v94_xA = q * v94_A
-    for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v94_p = v94_r + v94_j
-        v94_y = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 6 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
-        v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
+    v94 = tl.zeros((C, C), DTYPE)
+    for v94_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v94_c = v94_cb + tl.arange(0, BK)
+        v94_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]) - tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + v94_r[:, None] * D + v94_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v94_xA = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]) * v94_A
+        for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v94_start = v94_k * BC
+            v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + v94_start * D + v94_c)[None, :] - tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]), 0.0)), 0.0)
+            v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
+            v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 7 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94_xw = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :])
+        v94_aw = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :])
+        for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v94_p = v94_r + v94_j
+            v94_y = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 7 * C * D + 2 * C * BV + v94_p[:, None] * D + v94_c[None, :])
+            v94_b = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + v94_p[:, None] * D + v94_c[None, :])
+            v94_d = tl.sum(v94_xw * v94_y * tl.exp(tl.minimum(v94_aw - v94_b, 0.0)), axis=1)
+            v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v103 = tl.sum((v102), axis=0)
     v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -7719,7 +7905,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v43 = tl.sum((v42), axis=0)
     v44 = (v43 / (D))
     v45 = (v41 + v44)  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-    v89 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7772,58 +7958,63 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v120 = tl.zeros((C, C), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v120_xA = local_5 * v120_A
-    for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v120_p = v120_r + v120_j
-        v120_y = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_b = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
-        v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
+    v120 = tl.zeros((C, C), DTYPE)
+    for v120_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v120_c = v120_cb + tl.arange(0, BK)
+        v120_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) - tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + v120_r[:, None] * BV + v120_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v120_xA = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) * v120_A
+        for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v120_start = v120_k * BC
+            v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + v120_start * BV + v120_c)[None, :] - tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :]), 0.0)), 0.0)
+            v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+            v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * D + C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120_xw = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * D + tl.arange(0, C)[:, None] * BV + v120_c[None, :])
+        v120_aw = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :])
+        for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v120_p = v120_r + v120_j
+            v120_y = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * D + C * BV + v120_p[:, None] * BV + v120_c[None, :])
+            v120_b = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + v120_p[:, None] * BV + v120_c[None, :])
+            v120_d = tl.sum(v120_xw * v120_y * tl.exp(tl.minimum(v120_aw - v120_b, 0.0)), axis=1)
+            v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 7 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_s, v79)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + 2 * C * C + offs_s, v79)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v79_rows = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + offs_rb)
-        v82_rows = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v87_rows = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 5 * C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v91_rows = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 4 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v79_rows = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + 2 * C * C + offs_rb)
+        v82_rows = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v87_rows = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v91_rows = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v85_rows = (v79_rows[:, None] * tl.exp((v84[None, :] - v82_rows)))  # decay from token s to the chunk's end
         v88_rows = (v85_rows * v87_rows)
-        tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v88_rows)  # park
+        tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v88_rows)  # park
         v117_rows = (v88_rows * v91_rows)
-        tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 8 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v117_rows)  # park
+        tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v117_rows)  # park
         local_4_rows = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 7 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 2 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7839,7 +8030,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v92 = v75
         tl.store(scratch + 4 * HID + 3 * HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7855,7 +8046,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v100 = v64
         tl.store(scratch + 4 * HID + 3 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 7 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7876,7 +8067,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v132 = (v131 * (0.5 + (0.5 * tl.math.erf(v132_c0)) + (v132_c0 * tl.exp(((-0.5) * (v96 * v96))) / (tl.full((), 1.772453850905516, DTYPE)))))
         tl.store(scratch + 4 * HID + 3 * HID * D + 8 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v132)
     tl.debug_barrier()
-    v89 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7887,7 +8078,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 4 * HID + 4 * HID * D + 9 * C * HID + 2 * BV * HID + BV + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 8 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 9 * C * D + 2 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7898,7 +8089,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 4 * HID + 5 * HID * D + 10 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7932,7 +8123,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v97 = (v97_c0 * (1.0 + tl.math.erf((v97_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 4 * HID + 5 * HID * D + 14 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v97)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 7 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 8 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7950,18 +8141,18 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v100 = tl.load(scratch + 4 * HID + 3 * HID * D + 6 * C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 4 * HID + 5 * HID * D + 13 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v111)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v111)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v104_rows = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v111_rows = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v104_rows = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v111_rows = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 3 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
         v112_rows = (v104_rows * v111_rows)
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v124_rows = (v112_rows + local_6_rows)
-        tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v124_rows)  # park
+        tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v124_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v124 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v124 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v125 = v124
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7975,15 +8166,15 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v60 = tl.load(scratch + 4 * HID + 3 * HID * D + 2 * C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
     tl.debug_barrier()
-    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v141)  # park
+    tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v141)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v125_rows = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v141_rows = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v125_rows = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v141_rows = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
         v142_rows = (v125_rows + v141_rows)
         v143_rows = tl.sum((v142_rows), axis=1)
         v144_rows = (v143_rows / (D))
@@ -8018,9 +8209,9 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v167_rows = tl.sum((v166_rows), axis=1)
         v168_rows = (v167_rows / (D))
         v169_rows = (v165_rows + v168_rows[:, None])
-        tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
+        tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v169 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v169 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8077,7 +8268,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v140 = tl.dot(tl.trans(local_2).to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 5 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v169 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v169 = tl.load(scratch + 4 * HID + 5 * HID * D + 18 * C * HID + 7 * BV * HID + 2 * BV + 10 * C * D + 6 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8144,7 +8335,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 7 * C * BV)  # v19, v20, v54, v63, v58, v59, v60, v79, v82, v84, v80, v91, local_3, causal, v71, v72, v81, v76, v85, v87, v88, v89, v93, v105
+    scratch = scratch_ptr + slot * (2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 8 * C * BV)  # v19, v20, v54, v63, v58, v59, v60, v79, v82, v84, q, v80, v91, local_3, causal, v93, v71, v72, v81, v76, v85, v87, v88, v89, v93, v105
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -8242,43 +8433,48 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
         v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
         v71_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
-        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + offs_rb[:, None] * D + offs_i[None, :], v71_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v71_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v71 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v71 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v72 = tl.cumsum(v71, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v72)  # park
     v73 = v72
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v80)
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v80)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v81 = tl.zeros((C, C), DTYPE)
     v81_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v81_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v81_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v81_xA = q * v81_A
-    for v81_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v81_start = v81_k * BC
-        v81_B = tl.where(tl.arange(0, C)[:, None] < v81_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v81_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v81_rows = tl.where(tl.arange(0, C) // BC == v81_k, 1.0, 0.0)
-        v81 += v81_rows[:, None] * tl.dot((v81_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v81_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v81_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v81_p = v81_r + v81_j
-        v81_y = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + v81_p[:, None] * D + tl.arange(0, D)[None, :])
-        v81_b = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v81_p[:, None] * D + tl.arange(0, D)[None, :])
-        v81_d = tl.sum(q * v81_y * tl.exp(tl.minimum(v72 - v81_b, 0.0)), axis=1)
-        v81 += tl.where(tl.arange(0, C)[None, :] == v81_p[:, None], v81_d[:, None], 0.0)
+    v81 = tl.zeros((C, C), DTYPE)
+    for v81_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v81_c = v81_cb + tl.arange(0, BK)
+        v81_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + v81_c[None, :]) - tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + v81_r[:, None] * D + v81_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v81_xA = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v81_c[None, :]) * v81_A
+        for v81_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v81_start = v81_k * BC
+            v81_B = tl.where(tl.arange(0, C)[:, None] < v81_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + v81_start * D + v81_c)[None, :] - tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + v81_c[None, :]), 0.0)), 0.0)
+            v81_rows = tl.where(tl.arange(0, C) // BC == v81_k, 1.0, 0.0)
+            v81 += v81_rows[:, None] * tl.dot((v81_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + v81_c[None, :]) * v81_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v81_xw = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v81_c[None, :])
+        v81_aw = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + v81_c[None, :])
+        for v81_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v81_p = v81_r + v81_j
+            v81_y = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + v81_p[:, None] * D + v81_c[None, :])
+            v81_b = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + v81_p[:, None] * D + v81_c[None, :])
+            v81_d = tl.sum(v81_xw * v81_y * tl.exp(tl.minimum(v81_aw - v81_b, 0.0)), axis=1)
+            v81 += tl.where(tl.arange(0, C)[None, :] == v81_p[:, None], v81_d[:, None], 0.0)
     v81 = v81 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :], v81)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v81)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v72_rows = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v72_rows = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v74_rows = tl.exp(v72_rows)  # cumulative decay in the chunk
         v76_rows = (q_rows * v74_rows)
-        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + C * BV + offs_rb[:, None] * D + offs_i[None, :], v76_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v76_rows)  # park
         v85_rows = v74_rows
-        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + C * BV + offs_rb[:, None] * D + offs_o[None, :], v85_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v85_rows)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8293,7 +8489,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v79 = v69
         tl.store(scratch + 2 * HID + HID * D + C * HID + 2 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v79)
     tl.debug_barrier()
-    v81 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v81 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8301,7 +8497,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v82 = tl.dot(v81.to(DOT_DTYPE), v79.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID + HID * D + 2 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v82)
     tl.debug_barrier()
-    v76 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v76 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8320,18 +8516,18 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v84 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v60 = tl.load(scratch + 2 * HID + HID * D + C * HID + BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v86 += tl.dot(v84.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v85 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = (v85 * v86)
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v87)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v72 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v88 = v72
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v88)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v73 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v73 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v89 = v73
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v89)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v89)  # park
     v91 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8342,37 +8538,40 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v90 = v64
         v84 = tl.load(scratch + 2 * HID + HID * D + 3 * C * HID + 2 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v84.to(DOT_DTYPE), tl.trans(v90).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v89 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v93 = v93 * v93_A
-    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v93_p = v93_r + v93_j
-        v93_x = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + tl.arange(0, C) * C + v93_p)
-        v93_y = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_m = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_b = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v88 - v93_b, 0.0))
+    for v93_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v93_c = v93_cb + tl.arange(0, BK)
+        v93_block = tl.zeros((C, BK), DTYPE)
+        v93_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v93_c[None, :]) - tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + v93_r[:, None] * BV + v93_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v93_start = v93_k * BC
+            v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + v93_start * BV + v93_c)[None, :] - tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v93_c[None, :]), 0.0)), 0.0)
+            v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+            v93_block += v93_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + v93_c[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93_block = v93_block * v93_A
+        v93_aw = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v93_c[None, :])
+        for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v93_p = v93_r + v93_j
+            v93_x = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + tl.arange(0, C) * C + v93_p)
+            v93_y = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + v93_p[:, None] * BV + v93_c[None, :])
+            v93_m = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+            v93_b = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 3 * C * D + 2 * C * C + 2 * C * BV + v93_p[:, None] * BV + v93_c[None, :])
+            v93_block += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v93_aw - v93_b, 0.0))
+        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + v93_c[None, :], v93_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v93 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v87_rows = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v93_rows = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 5 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v87_rows = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v93_rows = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 6 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v94_rows = (v87_rows - v93_rows)
         v95_rows = tl.sum((v94_rows), axis=1)
         v96_rows = (v95_rows / (D))
@@ -8382,9 +8581,9 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v100_rows = (v99_rows / (D))
         d_out_rows = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
         v105_rows = (v97_rows * d_out_rows / ((tl.sqrt((1.0 + v100_rows[:, None])))))
-        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 6 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v105_rows)  # park
+        tl.store(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 7 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v105_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v105 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 4 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v105 = tl.load(scratch + 2 * HID + HID * D + 4 * C * HID + 2 * BV * HID + BV + 5 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v106 = tl.sum((v105), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v106.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -8422,7 +8621,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 6 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, local_3, v77, v78, v82, v84, v85, v98, v103, v113, v107, v91, v86, v110, v124, v133
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 7 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, q, v90, local_5, local_3, v77, v78, v82, v84, v85, v98, v103, v113, v107, v91, v86, v110, v124, v133
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -8431,29 +8630,29 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
         v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
         v77_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v77_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v77_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v77 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v77 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v78 = tl.cumsum(v77, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
     v80 = (v78 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v81 = tl.sum((v80), axis=0)
     v79 = v78
     v82 = (v76[:, None] * tl.exp((v81[None, :] - v79)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v84 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v82_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
-        v84_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v82_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v84_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v85_rows = (v82_rows * v84_rows)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v85_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v85_rows)  # park
         v98_rows = v85_rows
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :], v98_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v98_rows)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -8541,18 +8740,18 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v96.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v103)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v103)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v98_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v103_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v98_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v103_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v104_rows = (v98_rows * v103_rows)
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v113_rows = (v104_rows + local_6_rows)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v113_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v113_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v114 = v113
     v34 = v11
     v35 = v13
@@ -8575,74 +8774,83 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v90 = (v88 * v84)
-    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v91 = tl.zeros((C, C), DTYPE)
     v91_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v91_xA = q * v91_A
-    for v91_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v91_start = v91_k * BC
-        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v91_rows = tl.where(tl.arange(0, C) // BC == v91_k, 1.0, 0.0)
-        v91 += v91_rows[:, None] * tl.dot((v91_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v91_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v91_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v91_p = v91_r + v91_j
-        v91_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
-        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
-        v91_d = tl.sum(q * v91_y * tl.exp(tl.minimum(v78 - v91_b, 0.0)), axis=1)
-        v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
+    v91 = tl.zeros((C, C), DTYPE)
+    for v91_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v91_c = v91_cb + tl.arange(0, BK)
+        v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v91_c[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v91_r[:, None] * D + v91_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v91_xA = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v91_c[None, :]) * v91_A
+        for v91_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v91_start = v91_k * BC
+            v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v91_start * D + v91_c)[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v91_c[None, :]), 0.0)), 0.0)
+            v91_rows = tl.where(tl.arange(0, C) // BC == v91_k, 1.0, 0.0)
+            v91 += v91_rows[:, None] * tl.dot((v91_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + v91_c[None, :]) * v91_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v91_xw = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v91_c[None, :])
+        v91_aw = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v91_c[None, :])
+        for v91_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v91_p = v91_r + v91_j
+            v91_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v91_p[:, None] * D + v91_c[None, :])
+            v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v91_p[:, None] * D + v91_c[None, :])
+            v91_d = tl.sum(v91_xw * v91_y * tl.exp(tl.minimum(v91_aw - v91_b, 0.0)), axis=1)
+            v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
     v91 = v91 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v78_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v78_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v83_rows = tl.exp(v78_rows)  # cumulative decay in the chunk
         v86_rows = (q_rows * v83_rows)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v86_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v86_rows)  # park
         local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_5_rows = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v94 = v78
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v95 = v79
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v110 = tl.zeros((C, C), DTYPE)
     v110_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v110_xA = local_5 * v110_A
-    for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v110_start = v110_k * BC
-        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
-        v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v110_p = v110_r + v110_j
-        v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_d = tl.sum(local_5 * v110_y * tl.exp(tl.minimum(v94 - v110_b, 0.0)), axis=1)
-        v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
+    v110 = tl.zeros((C, C), DTYPE)
+    for v110_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v110_c = v110_cb + tl.arange(0, BK)
+        v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v110_c[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v110_r[:, None] * BV + v110_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v110_xA = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + v110_c[None, :]) * v110_A
+        for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v110_start = v110_k * BC
+            v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v110_start * BV + v110_c)[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v110_c[None, :]), 0.0)), 0.0)
+            v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
+            v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v110_c[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v110_xw = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + v110_c[None, :])
+        v110_aw = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v110_c[None, :])
+        for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v110_p = v110_r + v110_j
+            v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_p[:, None] * BV + v110_c[None, :])
+            v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v110_p[:, None] * BV + v110_c[None, :])
+            v110_d = tl.sum(v110_xw * v110_y * tl.exp(tl.minimum(v110_aw - v110_b, 0.0)), axis=1)
+            v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
     v110 = v110 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8654,7 +8862,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v108 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v108)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8674,7 +8882,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v89 = v72
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8684,7 +8892,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v93 = (v87 - v92)
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8706,7 +8914,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v119 = ((-1.0) * v118)
         tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v119)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8727,14 +8935,14 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v124)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v124)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v114_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v124_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v114_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v124_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
         v125_rows = (v114_rows + v124_rows)
         v126_rows = tl.sum((v125_rows), axis=1)
         v127_rows = (v126_rows / (D))
@@ -8747,9 +8955,9 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v67_rows = tl.sum((v66_rows), axis=1)
         v68_rows = (v67_rows / (D))
         v133_rows = ((-0.5) * local_0_rows * local_1_rows * v132_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v133_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 6 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v133_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v133 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v133 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v134 = tl.sum((v133), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v134.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -8787,7 +8995,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 6 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, local_3, v77, v78, v82, v84, v85, v98, v103, v113, v107, v91, v86, v110, v124, v130
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 7 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, q, v90, local_5, local_3, v77, v78, v82, v84, v85, v98, v103, v113, v107, v91, v86, v110, v124, v130
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
@@ -8796,29 +9004,29 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
         v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
         v77_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v77_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v77_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v77 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v77 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v78 = tl.cumsum(v77, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
     v80 = (v78 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v81 = tl.sum((v80), axis=0)
     v79 = v78
     v82 = (v76[:, None] * tl.exp((v81[None, :] - v79)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v84 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v82_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
-        v84_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v82_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v84_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v85_rows = (v82_rows * v84_rows)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v85_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v85_rows)  # park
         v98_rows = v85_rows
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :], v98_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v98_rows)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -8906,18 +9114,18 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v96.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v103)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v103)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v98_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v103_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v98_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v103_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v104_rows = (v98_rows * v103_rows)
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v113_rows = (v104_rows + local_6_rows)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v113_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v113_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v114 = v113
     v34 = v11
     v35 = v13
@@ -8940,74 +9148,83 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v90 = (v88 * v84)
-    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v91 = tl.zeros((C, C), DTYPE)
     v91_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v91_xA = q * v91_A
-    for v91_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v91_start = v91_k * BC
-        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v91_rows = tl.where(tl.arange(0, C) // BC == v91_k, 1.0, 0.0)
-        v91 += v91_rows[:, None] * tl.dot((v91_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v91_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v91_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v91_p = v91_r + v91_j
-        v91_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
-        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
-        v91_d = tl.sum(q * v91_y * tl.exp(tl.minimum(v78 - v91_b, 0.0)), axis=1)
-        v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
+    v91 = tl.zeros((C, C), DTYPE)
+    for v91_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v91_c = v91_cb + tl.arange(0, BK)
+        v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v91_c[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v91_r[:, None] * D + v91_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v91_xA = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v91_c[None, :]) * v91_A
+        for v91_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v91_start = v91_k * BC
+            v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v91_start * D + v91_c)[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v91_c[None, :]), 0.0)), 0.0)
+            v91_rows = tl.where(tl.arange(0, C) // BC == v91_k, 1.0, 0.0)
+            v91 += v91_rows[:, None] * tl.dot((v91_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + v91_c[None, :]) * v91_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v91_xw = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v91_c[None, :])
+        v91_aw = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v91_c[None, :])
+        for v91_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v91_p = v91_r + v91_j
+            v91_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v91_p[:, None] * D + v91_c[None, :])
+            v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v91_p[:, None] * D + v91_c[None, :])
+            v91_d = tl.sum(v91_xw * v91_y * tl.exp(tl.minimum(v91_aw - v91_b, 0.0)), axis=1)
+            v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
     v91 = v91 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v78_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v78_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v83_rows = tl.exp(v78_rows)  # cumulative decay in the chunk
         v86_rows = (q_rows * v83_rows)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v86_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v86_rows)  # park
         local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_5_rows = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v94 = v78
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v95 = v79
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v110 = tl.zeros((C, C), DTYPE)
     v110_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v110_xA = local_5 * v110_A
-    for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v110_start = v110_k * BC
-        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
-        v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v110_p = v110_r + v110_j
-        v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_d = tl.sum(local_5 * v110_y * tl.exp(tl.minimum(v94 - v110_b, 0.0)), axis=1)
-        v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
+    v110 = tl.zeros((C, C), DTYPE)
+    for v110_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v110_c = v110_cb + tl.arange(0, BK)
+        v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v110_c[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v110_r[:, None] * BV + v110_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v110_xA = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + v110_c[None, :]) * v110_A
+        for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v110_start = v110_k * BC
+            v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v110_start * BV + v110_c)[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v110_c[None, :]), 0.0)), 0.0)
+            v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
+            v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v110_c[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v110_xw = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + v110_c[None, :])
+        v110_aw = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v110_c[None, :])
+        for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v110_p = v110_r + v110_j
+            v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_p[:, None] * BV + v110_c[None, :])
+            v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v110_p[:, None] * BV + v110_c[None, :])
+            v110_d = tl.sum(v110_xw * v110_y * tl.exp(tl.minimum(v110_aw - v110_b, 0.0)), axis=1)
+            v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
     v110 = v110 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9019,7 +9236,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v108 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v108)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9039,7 +9256,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v89 = v72
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9049,7 +9266,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v93 = (v87 - v92)
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9071,7 +9288,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v119 = ((-1.0) * v118)
         tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v119)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9092,14 +9309,14 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v124)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v124)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v114_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v124_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v114_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v124_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
         v125_rows = (v114_rows + v124_rows)
         v126_rows = tl.sum((v125_rows), axis=1)
         v127_rows = (v126_rows / (D))
@@ -9109,9 +9326,9 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v67_rows = tl.sum((v66_rows), axis=1)
         v68_rows = (v67_rows / (D))
         v130_rows = (local_1_rows * v129_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v130_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 6 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v130_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v130 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v130 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v131 = tl.sum((v130), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v131.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -9149,7 +9366,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 6 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, local_3, v77, v78, v82, v84, v85, v98, v103, v113, v107, v91, v86, v110, v124, v136
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 7 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, q, v90, local_5, local_3, v77, v78, v82, v84, v85, v98, v103, v113, v107, v91, v86, v110, v124, v136
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
@@ -9157,29 +9374,29 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
         v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
         v77_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v77_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v77_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v77 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v77 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v78 = tl.cumsum(v77, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
     v80 = (v78 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v81 = tl.sum((v80), axis=0)
     v79 = v78
     v82 = (v76[:, None] * tl.exp((v81[None, :] - v79)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v84 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v82_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
-        v84_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v82_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v84_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v85_rows = (v82_rows * v84_rows)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v85_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v85_rows)  # park
         v98_rows = v85_rows
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :], v98_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v98_rows)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -9267,18 +9484,18 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v96.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v103)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v103)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v98_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v103_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v98_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v103_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v104_rows = (v98_rows * v103_rows)
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v113_rows = (v104_rows + local_6_rows)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v113_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v113_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v114 = v113
     v34 = v11
     v35 = v13
@@ -9301,74 +9518,83 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v90 = (v88 * v84)
-    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v91 = tl.zeros((C, C), DTYPE)
     v91_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v91_xA = q * v91_A
-    for v91_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v91_start = v91_k * BC
-        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v91_rows = tl.where(tl.arange(0, C) // BC == v91_k, 1.0, 0.0)
-        v91 += v91_rows[:, None] * tl.dot((v91_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v91_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v91_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v91_p = v91_r + v91_j
-        v91_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
-        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
-        v91_d = tl.sum(q * v91_y * tl.exp(tl.minimum(v78 - v91_b, 0.0)), axis=1)
-        v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
+    v91 = tl.zeros((C, C), DTYPE)
+    for v91_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v91_c = v91_cb + tl.arange(0, BK)
+        v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v91_c[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v91_r[:, None] * D + v91_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v91_xA = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v91_c[None, :]) * v91_A
+        for v91_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v91_start = v91_k * BC
+            v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v91_start * D + v91_c)[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v91_c[None, :]), 0.0)), 0.0)
+            v91_rows = tl.where(tl.arange(0, C) // BC == v91_k, 1.0, 0.0)
+            v91 += v91_rows[:, None] * tl.dot((v91_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + v91_c[None, :]) * v91_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v91_xw = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v91_c[None, :])
+        v91_aw = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v91_c[None, :])
+        for v91_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v91_p = v91_r + v91_j
+            v91_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v91_p[:, None] * D + v91_c[None, :])
+            v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v91_p[:, None] * D + v91_c[None, :])
+            v91_d = tl.sum(v91_xw * v91_y * tl.exp(tl.minimum(v91_aw - v91_b, 0.0)), axis=1)
+            v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
     v91 = v91 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v78_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v78_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v83_rows = tl.exp(v78_rows)  # cumulative decay in the chunk
         v86_rows = (q_rows * v83_rows)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v86_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v86_rows)  # park
         local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_5_rows = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v94 = v78
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v95 = v79
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v110 = tl.zeros((C, C), DTYPE)
     v110_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v110_xA = local_5 * v110_A
-    for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v110_start = v110_k * BC
-        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
-        v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v110_p = v110_r + v110_j
-        v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_d = tl.sum(local_5 * v110_y * tl.exp(tl.minimum(v94 - v110_b, 0.0)), axis=1)
-        v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
+    v110 = tl.zeros((C, C), DTYPE)
+    for v110_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v110_c = v110_cb + tl.arange(0, BK)
+        v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v110_c[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v110_r[:, None] * BV + v110_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v110_xA = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + v110_c[None, :]) * v110_A
+        for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v110_start = v110_k * BC
+            v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v110_start * BV + v110_c)[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v110_c[None, :]), 0.0)), 0.0)
+            v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
+            v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v110_c[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v110_xw = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + v110_c[None, :])
+        v110_aw = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v110_c[None, :])
+        for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v110_p = v110_r + v110_j
+            v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_p[:, None] * BV + v110_c[None, :])
+            v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v110_p[:, None] * BV + v110_c[None, :])
+            v110_d = tl.sum(v110_xw * v110_y * tl.exp(tl.minimum(v110_aw - v110_b, 0.0)), axis=1)
+            v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
     v110 = v110 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9380,7 +9606,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v108 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v108)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9400,7 +9626,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v89 = v72
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9410,7 +9636,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v93 = (v87 - v92)
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9432,7 +9658,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v119 = ((-1.0) * v118)
         tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v119)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9453,14 +9679,14 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v124)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v124)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v114_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v124_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v114_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v124_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
         v125_rows = (v114_rows + v124_rows)
         v126_rows = tl.sum((v125_rows), axis=1)
         v127_rows = (v126_rows / (D))
@@ -9476,9 +9702,9 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v134_rows = (ln_weight[None, :] * v129_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
         v135_rows = (v133_rows + v134_rows)
         v136_rows = (local_0_rows * v135_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v136_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 6 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v136_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v136 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v136 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v137 = tl.sum((v136), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v137.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -9516,7 +9742,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 9 * C * D + 2 * C * C + C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, local_3, v80, v81, v86, v89, v91, v87, v93, v94, v79, v88, v117, v120, v104, v111, v124, v141, v169
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, q, local_5, local_3, v80, v81, v86, v89, v91, v87, v93, v94, v79, v88, v117, v120, v104, v111, v124, v141, v169
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -9541,55 +9767,57 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
         v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
         v80_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
-        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v80 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v80 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v94_xA = q * v94_A
-    for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v94_p = v94_r + v94_j
-        v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
-        v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
+    v94 = tl.zeros((C, C), DTYPE)
+    for v94_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v94_c = v94_cb + tl.arange(0, BK)
+        v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v94_r[:, None] * D + v94_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v94_xA = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + v94_c[None, :]) * v94_A
+        for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v94_start = v94_k * BC
+            v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v94_start * D + v94_c)[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]), 0.0)), 0.0)
+            v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
+            v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94_xw = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + v94_c[None, :])
+        v94_aw = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :])
+        for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v94_p = v94_r + v94_j
+            v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + 2 * C * BV + v94_p[:, None] * D + v94_c[None, :])
+            v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v94_p[:, None] * D + v94_c[None, :])
+            v94_d = tl.sum(v94_xw * v94_y * tl.exp(tl.minimum(v94_aw - v94_b, 0.0)), axis=1)
+            v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v103 = tl.sum((v102), axis=0)
     v105 = v103
@@ -9625,7 +9853,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v13 = tl.sum((v12), axis=0)
     v35 = v13
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -9674,58 +9902,63 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s, v79)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + C * C + offs_s, v79)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v79_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_rb)
-        v82_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v87_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v91_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v79_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + C * C + offs_rb)
+        v82_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v87_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v91_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v85_rows = (v79_rows[:, None] * tl.exp((v84[None, :] - v82_rows)))  # decay from token s to the chunk's end
         v88_rows = (v85_rows * v87_rows)
-        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v88_rows)  # park
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v88_rows)  # park
         v117_rows = (v88_rows * v91_rows)
-        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v117_rows)  # park
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + 2 * C * BV + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v117_rows)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v120 = tl.zeros((C, C), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v120_xA = local_5 * v120_A
-    for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v120_p = v120_r + v120_j
-        v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
-        v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
+    v120 = tl.zeros((C, C), DTYPE)
+    for v120_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v120_c = v120_cb + tl.arange(0, BK)
+        v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v120_r[:, None] * BV + v120_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v120_xA = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) * v120_A
+        for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v120_start = v120_k * BC
+            v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v120_start * BV + v120_c)[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :]), 0.0)), 0.0)
+            v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+            v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120_xw = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + v120_c[None, :])
+        v120_aw = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :])
+        for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v120_p = v120_r + v120_j
+            v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + C * BV + v120_p[:, None] * BV + v120_c[None, :])
+            v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v120_p[:, None] * BV + v120_c[None, :])
+            v120_d = tl.sum(v120_xw * v120_y * tl.exp(tl.minimum(v120_aw - v120_b, 0.0)), axis=1)
+            v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + C * C + C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9741,7 +9974,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9765,7 +9998,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + 2 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9779,7 +10012,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9802,7 +10035,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9835,18 +10068,18 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v111)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v111)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v104_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v111_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v104_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v111_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
         v112_rows = (v104_rows * v111_rows)
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v124_rows = (v112_rows + local_6_rows)
-        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v124_rows)  # park
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v124_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v124 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v124 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v125 = v124
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -9855,15 +10088,15 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v141)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v141)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v125_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v141_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v125_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v141_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
         v142_rows = (v125_rows + v141_rows)
         v143_rows = tl.sum((v142_rows), axis=1)
         v144_rows = (v143_rows / (D))
@@ -9898,9 +10131,9 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v167_rows = tl.sum((v166_rows), axis=1)
         v168_rows = (v167_rows / (D))
         v169_rows = (v165_rows + v168_rows[:, None])
-        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v169 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v169 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9920,8 +10153,8 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10020,7 +10253,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 9 * C * D + 2 * C * C + C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, local_3, v80, v81, v86, v89, v91, v87, v93, v94, v79, v88, v117, v120, v104, v111, v124, v141, v169
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, q, local_5, local_3, v80, v81, v86, v89, v91, v87, v93, v94, v79, v88, v117, v120, v104, v111, v124, v141, v169
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -10045,55 +10278,57 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
         v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
         v80_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
-        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v80 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v80 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v94_xA = q * v94_A
-    for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v94_p = v94_r + v94_j
-        v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
-        v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
+    v94 = tl.zeros((C, C), DTYPE)
+    for v94_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v94_c = v94_cb + tl.arange(0, BK)
+        v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v94_r[:, None] * D + v94_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v94_xA = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + v94_c[None, :]) * v94_A
+        for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v94_start = v94_k * BC
+            v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v94_start * D + v94_c)[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]), 0.0)), 0.0)
+            v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
+            v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94_xw = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + v94_c[None, :])
+        v94_aw = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :])
+        for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v94_p = v94_r + v94_j
+            v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + 2 * C * BV + v94_p[:, None] * D + v94_c[None, :])
+            v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v94_p[:, None] * D + v94_c[None, :])
+            v94_d = tl.sum(v94_xw * v94_y * tl.exp(tl.minimum(v94_aw - v94_b, 0.0)), axis=1)
+            v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v103 = tl.sum((v102), axis=0)
     v105 = v103
@@ -10129,7 +10364,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v13 = tl.sum((v12), axis=0)
     v35 = v13
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -10178,58 +10413,63 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s, v79)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + C * C + offs_s, v79)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v79_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_rb)
-        v82_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v87_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v91_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v79_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + C * C + offs_rb)
+        v82_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v87_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v91_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v85_rows = (v79_rows[:, None] * tl.exp((v84[None, :] - v82_rows)))  # decay from token s to the chunk's end
         v88_rows = (v85_rows * v87_rows)
-        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v88_rows)  # park
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v88_rows)  # park
         v117_rows = (v88_rows * v91_rows)
-        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v117_rows)  # park
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + 2 * C * BV + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v117_rows)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v120 = tl.zeros((C, C), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v120_xA = local_5 * v120_A
-    for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v120_p = v120_r + v120_j
-        v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
-        v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
+    v120 = tl.zeros((C, C), DTYPE)
+    for v120_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v120_c = v120_cb + tl.arange(0, BK)
+        v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v120_r[:, None] * BV + v120_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v120_xA = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) * v120_A
+        for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v120_start = v120_k * BC
+            v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v120_start * BV + v120_c)[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :]), 0.0)), 0.0)
+            v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+            v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120_xw = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + v120_c[None, :])
+        v120_aw = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :])
+        for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v120_p = v120_r + v120_j
+            v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + C * BV + v120_p[:, None] * BV + v120_c[None, :])
+            v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v120_p[:, None] * BV + v120_c[None, :])
+            v120_d = tl.sum(v120_xw * v120_y * tl.exp(tl.minimum(v120_aw - v120_b, 0.0)), axis=1)
+            v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + C * C + C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10245,7 +10485,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10269,7 +10509,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + 2 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10283,7 +10523,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10306,7 +10546,7 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10339,18 +10579,18 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v111)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v111)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v104_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v111_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v104_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v111_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
         v112_rows = (v104_rows * v111_rows)
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v124_rows = (v112_rows + local_6_rows)
-        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v124_rows)  # park
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v124_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v124 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v124 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v125 = v124
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -10359,15 +10599,15 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v141)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v141)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v125_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v141_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v125_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v141_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
         v142_rows = (v125_rows + v141_rows)
         v143_rows = tl.sum((v142_rows), axis=1)
         v144_rows = (v143_rows / (D))
@@ -10402,9 +10642,9 @@ def chunk_grad_ln_weight_5_bwd_kernel(
         v167_rows = tl.sum((v166_rows), axis=1)
         v168_rows = (v167_rows / (D))
         v169_rows = (v165_rows + v168_rows[:, None])
-        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v169 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v169 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10424,8 +10664,8 @@ def chunk_grad_ln_weight_5_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10521,7 +10761,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 9 * C * D + 2 * C * C + C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, local_3, v80, v81, v86, v89, v91, v87, v93, v94, v79, v88, v117, v120, v104, v111, v124, v141, v169
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, q, local_5, local_3, v80, v81, v86, v89, v91, v87, v93, v94, v79, v88, v117, v120, v104, v111, v124, v141, v169
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -10546,55 +10786,57 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
         v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
         v80_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
-        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v80 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v80 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v94_xA = q * v94_A
-    for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v94_p = v94_r + v94_j
-        v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
-        v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
+    v94 = tl.zeros((C, C), DTYPE)
+    for v94_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v94_c = v94_cb + tl.arange(0, BK)
+        v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v94_r[:, None] * D + v94_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v94_xA = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + v94_c[None, :]) * v94_A
+        for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v94_start = v94_k * BC
+            v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v94_start * D + v94_c)[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]), 0.0)), 0.0)
+            v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
+            v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94_xw = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + v94_c[None, :])
+        v94_aw = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :])
+        for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v94_p = v94_r + v94_j
+            v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + 2 * C * BV + v94_p[:, None] * D + v94_c[None, :])
+            v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v94_p[:, None] * D + v94_c[None, :])
+            v94_d = tl.sum(v94_xw * v94_y * tl.exp(tl.minimum(v94_aw - v94_b, 0.0)), axis=1)
+            v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v103 = tl.sum((v102), axis=0)
     v105 = v103
@@ -10630,7 +10872,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v13 = tl.sum((v12), axis=0)
     v35 = v13
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -10679,58 +10921,63 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s, v79)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + C * C + offs_s, v79)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v79_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_rb)
-        v82_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v87_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v91_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v79_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + C * C + offs_rb)
+        v82_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v87_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v91_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v85_rows = (v79_rows[:, None] * tl.exp((v84[None, :] - v82_rows)))  # decay from token s to the chunk's end
         v88_rows = (v85_rows * v87_rows)
-        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v88_rows)  # park
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v88_rows)  # park
         v117_rows = (v88_rows * v91_rows)
-        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v117_rows)  # park
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + 2 * C * BV + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v117_rows)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v120 = tl.zeros((C, C), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v120_xA = local_5 * v120_A
-    for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v120_p = v120_r + v120_j
-        v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
-        v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
+    v120 = tl.zeros((C, C), DTYPE)
+    for v120_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v120_c = v120_cb + tl.arange(0, BK)
+        v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v120_r[:, None] * BV + v120_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v120_xA = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) * v120_A
+        for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v120_start = v120_k * BC
+            v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v120_start * BV + v120_c)[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :]), 0.0)), 0.0)
+            v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+            v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120_xw = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + v120_c[None, :])
+        v120_aw = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :])
+        for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v120_p = v120_r + v120_j
+            v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + C * BV + v120_p[:, None] * BV + v120_c[None, :])
+            v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v120_p[:, None] * BV + v120_c[None, :])
+            v120_d = tl.sum(v120_xw * v120_y * tl.exp(tl.minimum(v120_aw - v120_b, 0.0)), axis=1)
+            v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + C * C + C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10746,7 +10993,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10770,7 +11017,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + 2 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10784,7 +11031,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10807,7 +11054,7 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10840,18 +11087,18 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v111)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v111)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v104_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v111_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v104_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v111_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
         v112_rows = (v104_rows * v111_rows)
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v124_rows = (v112_rows + local_6_rows)
-        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v124_rows)  # park
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v124_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v124 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v124 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v125 = v124
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -10860,15 +11107,15 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v141)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v141)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v125_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v141_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v125_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v141_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
         v142_rows = (v125_rows + v141_rows)
         v143_rows = tl.sum((v142_rows), axis=1)
         v144_rows = (v143_rows / (D))
@@ -10903,9 +11150,9 @@ def chunk_grad_ln_weight_6_bwd_kernel(
         v167_rows = tl.sum((v166_rows), axis=1)
         v168_rows = (v167_rows / (D))
         v169_rows = (v165_rows + v168_rows[:, None])
-        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v169 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v169 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10925,8 +11172,8 @@ def chunk_grad_ln_weight_6_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -11066,7 +11313,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 6 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, v90, local_3, v77, v78, v82, v84, v85, v98, v103, v113, v107, v91, v86, v110, v124, v135
+    scratch = scratch_ptr + slot * (2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 7 * C * BV + 2 * C * C)  # v51, v19, v20, v54, v63, v96, v102, v58, v59, v60, v108, v87, v89, v93, v112, v119, v123, q, v90, local_5, local_3, v77, v78, v82, v84, v85, v98, v103, v113, v107, v91, v86, v110, v124, v135
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v76 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
@@ -11074,29 +11321,29 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
         v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
         v77_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v77_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v77_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v77 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v77 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v78 = tl.cumsum(v77, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v78)  # park
     v80 = (v78 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v81 = tl.sum((v80), axis=0)
     v79 = v78
     v82 = (v76[:, None] * tl.exp((v81[None, :] - v79)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v82)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v84 = v62
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v82_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
-        v84_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v82_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v84_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v85_rows = (v82_rows * v84_rows)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v85_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v85_rows)  # park
         v98_rows = v85_rows
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :], v98_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v98_rows)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v10 = (gate_alpha * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
@@ -11184,18 +11431,18 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v96 = tl.load(scratch + 2 * HID * D + 2 * HID + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v102 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v103 += tl.dot(v96.to(DOT_DTYPE), tl.trans(v102).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v103)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v103)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v98_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v103_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v98_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v103_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v104_rows = (v98_rows * v103_rows)
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v113_rows = (v104_rows + local_6_rows)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v113_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v113_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v113 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v114 = v113
     v34 = v11
     v35 = v13
@@ -11218,74 +11465,83 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v88 = k
-    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v85 * v88)
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v84 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v90 = (v88 * v84)
-    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v90)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v91 = tl.zeros((C, C), DTYPE)
     v91_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v91_xA = q * v91_A
-    for v91_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v91_start = v91_k * BC
-        v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v91_rows = tl.where(tl.arange(0, C) // BC == v91_k, 1.0, 0.0)
-        v91 += v91_rows[:, None] * tl.dot((v91_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v91_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v91_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v91_p = v91_r + v91_j
-        v91_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
-        v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v91_p[:, None] * D + tl.arange(0, D)[None, :])
-        v91_d = tl.sum(q * v91_y * tl.exp(tl.minimum(v78 - v91_b, 0.0)), axis=1)
-        v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
+    v91 = tl.zeros((C, C), DTYPE)
+    for v91_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v91_c = v91_cb + tl.arange(0, BK)
+        v91_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v91_c[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v91_r[:, None] * D + v91_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v91_xA = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v91_c[None, :]) * v91_A
+        for v91_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v91_start = v91_k * BC
+            v91_B = tl.where(tl.arange(0, C)[:, None] < v91_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v91_start * D + v91_c)[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v91_c[None, :]), 0.0)), 0.0)
+            v91_rows = tl.where(tl.arange(0, C) // BC == v91_k, 1.0, 0.0)
+            v91 += v91_rows[:, None] * tl.dot((v91_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * D + v91_c[None, :]) * v91_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v91_xw = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + tl.arange(0, C)[:, None] * D + v91_c[None, :])
+        v91_aw = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v91_c[None, :])
+        for v91_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v91_p = v91_r + v91_j
+            v91_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v91_p[:, None] * D + v91_c[None, :])
+            v91_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v91_p[:, None] * D + v91_c[None, :])
+            v91_d = tl.sum(v91_xw * v91_y * tl.exp(tl.minimum(v91_aw - v91_b, 0.0)), axis=1)
+            v91 += tl.where(tl.arange(0, C)[None, :] == v91_p[:, None], v91_d[:, None], 0.0)
     v91 = v91 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v78_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v78_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v83_rows = tl.exp(v78_rows)  # cumulative decay in the chunk
         v86_rows = (q_rows * v83_rows)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v86_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v86_rows)  # park
         local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_5_rows = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v78 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v94 = v78
+    v79 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v95 = v79
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v110 = tl.zeros((C, C), DTYPE)
     v110_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v110_xA = local_5 * v110_A
-    for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v110_start = v110_k * BC
-        v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
-        v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v110_p = v110_r + v110_j
-        v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + C * D + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v110_d = tl.sum(local_5 * v110_y * tl.exp(tl.minimum(v94 - v110_b, 0.0)), axis=1)
-        v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
+    v110 = tl.zeros((C, C), DTYPE)
+    for v110_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v110_c = v110_cb + tl.arange(0, BK)
+        v110_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v110_c[None, :]) - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v110_r[:, None] * BV + v110_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v110_xA = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + v110_c[None, :]) * v110_A
+        for v110_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v110_start = v110_k * BC
+            v110_B = tl.where(tl.arange(0, C)[:, None] < v110_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v110_start * BV + v110_c)[None, :] - tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v110_c[None, :]), 0.0)), 0.0)
+            v110_rows = tl.where(tl.arange(0, C) // BC == v110_k, 1.0, 0.0)
+            v110 += v110_rows[:, None] * tl.dot((v110_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v110_c[None, :]) * v110_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v110_xw = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + tl.arange(0, C)[:, None] * BV + v110_c[None, :])
+        v110_aw = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v110_c[None, :])
+        for v110_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v110_p = v110_r + v110_j
+            v110_y = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 2 * C * D + C * BV + v110_p[:, None] * BV + v110_c[None, :])
+            v110_b = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 3 * C * D + 2 * C * BV + v110_p[:, None] * BV + v110_c[None, :])
+            v110_d = tl.sum(v110_xw * v110_y * tl.exp(tl.minimum(v110_aw - v110_b, 0.0)), axis=1)
+            v110 += tl.where(tl.arange(0, C)[None, :] == v110_p[:, None], v110_d[:, None], 0.0)
     v110 = v110 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v110)  # park
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11297,7 +11553,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v108 = tl.dot(v107.to(DOT_DTYPE), tl.trans(v106).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v108)
     tl.debug_barrier()
-    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11317,7 +11573,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v89 = v72
         tl.store(scratch + 2 * HID * D + 2 * HID + 4 * C * HID + 3 * BV * HID + BV + offs_s[:, None] * HID + offs_h[None, :], v89)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11327,7 +11583,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v93 = (v87 - v92)
         tl.store(scratch + 2 * HID * D + 2 * HID + 5 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v93)
     tl.debug_barrier()
-    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v110 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11349,7 +11605,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v119 = ((-1.0) * v118)
         tl.store(scratch + 2 * HID * D + 2 * HID + 7 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :], v119)
     tl.debug_barrier()
-    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v91 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11370,14 +11626,14 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v60 = tl.load(scratch + 2 * HID * D + 2 * HID + 2 * C * HID + 2 * BV * HID + BV + offs_o[:, None] * HID + offs_h[None, :])
         v123 = tl.load(scratch + 2 * HID * D + 2 * HID + 8 * C * HID + 3 * BV * HID + BV + offs_t[:, None] * HID + offs_h[None, :])
         v124 += (tl.dot(v123.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v123).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v124)  # park
+    tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v124)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v114_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v124_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v114_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 7 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v124_rows = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
         v125_rows = (v114_rows + v124_rows)
         v126_rows = tl.sum((v125_rows), axis=1)
         v127_rows = (v126_rows / (D))
@@ -11392,9 +11648,9 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v133_rows = ((-0.5) * local_0_rows * ln_weight[None, :] * v132_rows[:, None] / (((1.0 + v68_rows[:, None]) * tl.sqrt((1.0 + v68_rows[:, None])))))
         v134_rows = (ln_weight[None, :] * v129_rows / ((tl.sqrt((1.0 + v68_rows[:, None])))))
         v135_rows = (v133_rows + v134_rows)
-        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v135_rows)  # park
+        tl.store(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 6 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v135_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v135 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v135 = tl.load(scratch + 2 * HID * D + 2 * HID + 9 * C * HID + 3 * BV * HID + BV + 9 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v136 = tl.sum((v135), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v136.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -11432,7 +11688,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * BV + 9 * C * D + 2 * C * C + C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, local_3, v80, v81, v86, v89, v91, v87, v93, v94, v79, v88, v117, v120, v104, v111, v124, v141, v169
+    scratch = scratch_ptr + slot * (3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 7 * C * BV + 2 * C * C + C)  # v19, v20, v58, v59, v110, v52, v53, v54, v90, v63, v60, v74, v92, v96, v97, v130, v115, v118, v64, v100, v122, v132, v133, v136, v139, v140, v109, v177, v179, q, local_5, local_3, v80, v81, v86, v89, v91, v87, v93, v94, v79, v88, v117, v120, v104, v111, v124, v141, v169
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v14 = (k * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v15 = tl.sum((v14), axis=0)
@@ -11457,55 +11713,57 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         gate_alpha_rows = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
         v61_rows = (tl.where(offs_rb == 0, 1.0, 0.0)[:, None] + (gate_alpha_rows * (1.0 - tl.where(offs_rb == 0, 1.0, 0.0)[:, None])))
         v80_rows = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), v61_rows))
-        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v80_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v80 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v80 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v81 = tl.cumsum(v80, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v81)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v81)  # park
     v86 = tl.exp(v81)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v86)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v86)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v89 = (q * v86)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v89)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v89)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v91 = k
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v91)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v91)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v62 = (gate_eta * (1.0 - tl.where(offs_t == 0, 1.0, 0.0)[:, None]))
     v87 = v62
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v87)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v87)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v91 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v93 = (v91 * v87)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :], v93)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v82 = v81
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v93 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v94 = tl.zeros((C, C), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v94_xA = q * v94_A
-    for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v94_p = v94_r + v94_j
-        v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 6 * C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v94_p[:, None] * D + tl.arange(0, D)[None, :])
-        v94_d = tl.sum(q * v94_y * tl.exp(tl.minimum(v81 - v94_b, 0.0)), axis=1)
-        v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
+    v94 = tl.zeros((C, C), DTYPE)
+    for v94_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v94_c = v94_cb + tl.arange(0, BK)
+        v94_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v94_r[:, None] * D + v94_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v94_xA = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + v94_c[None, :]) * v94_A
+        for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v94_start = v94_k * BC
+            v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v94_start * D + v94_c)[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]), 0.0)), 0.0)
+            v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
+            v94 += v94_rows[:, None] * tl.dot((v94_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :]) * v94_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94_xw = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * D + v94_c[None, :])
+        v94_aw = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v94_c[None, :])
+        for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v94_p = v94_r + v94_j
+            v94_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 7 * C * D + 2 * C * BV + v94_p[:, None] * D + v94_c[None, :])
+            v94_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v94_p[:, None] * D + v94_c[None, :])
+            v94_d = tl.sum(v94_xw * v94_y * tl.exp(tl.minimum(v94_aw - v94_b, 0.0)), axis=1)
+            v94 += tl.where(tl.arange(0, C)[None, :] == v94_p[:, None], v94_d[:, None], 0.0)
     v94 = v94 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :], v94)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v94)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v86 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v102 = (v86 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v103 = tl.sum((v102), axis=0)
     v105 = v103
@@ -11541,7 +11799,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v12 = (gate_eta * tl.where(offs_t == 0, 1.0, 0.0)[:, None])
     v13 = tl.sum((v12), axis=0)
     v35 = v13
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59_max = tl.full((BV,), float('-inf'), DTYPE)
     v59_sum = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -11590,58 +11848,63 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v79 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_s, v79)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + C * C + offs_s, v79)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v83 = (v81 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v84 = tl.sum((v83), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v79_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + offs_rb)
-        v82_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v87_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 5 * C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v91_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 4 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v79_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + C * C + offs_rb)
+        v82_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v87_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v91_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v85_rows = (v79_rows[:, None] * tl.exp((v84[None, :] - v82_rows)))  # decay from token s to the chunk's end
         v88_rows = (v85_rows * v87_rows)
-        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v88_rows)  # park
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v88_rows)  # park
         v117_rows = (v88_rows * v91_rows)
-        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v117_rows)  # park
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + 2 * C * BV + C * C + C + offs_rb[:, None] * D + offs_i[None, :], v117_rows)  # park
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v81 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v98 = v81
-    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v82 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v99 = v82
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_5)
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_3)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v120 = tl.zeros((C, C), DTYPE)
     v120_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v120_xA = local_5 * v120_A
-    for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v120_start = v120_k * BC
-        v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
-        v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v120_p = v120_r + v120_j
-        v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + C * D + v120_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v120_d = tl.sum(local_5 * v120_y * tl.exp(tl.minimum(v98 - v120_b, 0.0)), axis=1)
-        v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
+    v120 = tl.zeros((C, C), DTYPE)
+    for v120_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v120_c = v120_cb + tl.arange(0, BK)
+        v120_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v120_r[:, None] * BV + v120_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v120_xA = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) * v120_A
+        for v120_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v120_start = v120_k * BC
+            v120_B = tl.where(tl.arange(0, C)[:, None] < v120_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v120_start * BV + v120_c)[None, :] - tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :]), 0.0)), 0.0)
+            v120_rows = tl.where(tl.arange(0, C) // BC == v120_k, 1.0, 0.0)
+            v120 += v120_rows[:, None] * tl.dot((v120_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :]) * v120_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v120_xw = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + v120_c[None, :])
+        v120_aw = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v120_c[None, :])
+        for v120_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v120_p = v120_r + v120_j
+            v120_y = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * D + C * BV + v120_p[:, None] * BV + v120_c[None, :])
+            v120_b = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * D + 2 * C * BV + v120_p[:, None] * BV + v120_c[None, :])
+            v120_d = tl.sum(v120_xw * v120_y * tl.exp(tl.minimum(v120_aw - v120_b, 0.0)), axis=1)
+            v120 += tl.where(tl.arange(0, C)[None, :] == v120_p[:, None], v120_d[:, None], 0.0)
     v120 = v120 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + C * C + C + offs_t[:, None] * C + offs_s[None, :], v120)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v88 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v104 = v88
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v104)  # park
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -11657,7 +11920,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v92 = v75
         tl.store(scratch + 3 * HID + 3 * BV * HID + BV + 2 * HID * D + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v92)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11681,7 +11944,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v115 = ((-1.0) * d_new_w1)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 2 * HID * D + 6 * C * HID + offs_h[:, None] * D + offs_i[None, :], v115)
     tl.debug_barrier()
-    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 8 * C * D + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v117 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 9 * C * D + 2 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11695,7 +11958,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v100 = v64
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v100)
     tl.debug_barrier()
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11718,7 +11981,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v133 = ((-1.0) * v132)
         tl.store(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 11 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v133)
     tl.debug_barrier()
-    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 7 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v94 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -11751,18 +12014,18 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v100 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 8 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v109 = tl.load(scratch + 3 * HID + 5 * BV * HID + BV + 3 * HID * D + 14 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v111 += tl.dot(v100.to(DOT_DTYPE), tl.trans(v109).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v111)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v111)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v104_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v111_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 2 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v104_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v111_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 3 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
         v112_rows = (v104_rows * v111_rows)
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v124_rows = (v112_rows + local_6_rows)
-        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v124_rows)  # park
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v124_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v124 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v124 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v125 = v124
     v141 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -11771,15 +12034,15 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v60 = tl.load(scratch + 3 * HID + 2 * BV * HID + BV + 2 * HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v139 = tl.load(scratch + 3 * HID + 4 * BV * HID + BV + 3 * HID * D + 13 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v141 += (tl.dot(v139.to(DOT_DTYPE), tl.trans(v60).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v60.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v141)  # park
+    tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v141)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v125_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 3 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v141_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v125_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 4 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v141_rows = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 5 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
         v142_rows = (v125_rows + v141_rows)
         v143_rows = tl.sum((v142_rows), axis=1)
         v144_rows = (v143_rows / (D))
@@ -11814,9 +12077,9 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v167_rows = tl.sum((v166_rows), axis=1)
         v168_rows = (v167_rows / (D))
         v169_rows = (v165_rows + v168_rows[:, None])
-        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
+        tl.store(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v169 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 5 * C * BV + 9 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v169 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 6 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v179 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -11836,8 +12099,8 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + C * BV + 9 * C * D + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v89 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v120 = tl.load(scratch + 3 * HID + 7 * BV * HID + 2 * BV + 3 * HID * D + 14 * C * HID + 10 * C * D + 2 * C * BV + C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     v197 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)

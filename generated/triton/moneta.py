@@ -67,10 +67,12 @@ DESCRIPTION = {'spec': 'moneta',
                                      ['t', 'h'],
                                      ['t', 'h'],
                                      ['t', 'h'],
+                                     ['t', 'i'],
                                      ['s', 'i'],
                                      ['t', 's'],
                                      ['s', 'o'],
                                      ['t', 's'],
+                                     ['t', 'o'],
                                      ['t', 'o'],
                                      ['t', 'o'],
                                      ['t', 'i'],
@@ -110,10 +112,13 @@ DESCRIPTION = {'spec': 'moneta',
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['s', 'h'],
+                                       ['t', 'i'],
                                        ['s', 'i'],
                                        ['s', 'o'],
                                        ['t', 's'],
                                        ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['s', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
@@ -272,6 +277,8 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'i'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['s', 'i'],
                                           ['t', 'i'],
@@ -297,9 +304,12 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'i'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 's'],
                                           ['t', 's'],
+                                          ['t', 'i'],
                                           ['t', 'i'],
                                           ['t', 'i'],
                                           ['s', 'i'],
@@ -324,6 +334,8 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'i'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['s', 'i'],
                                           ['t', 'i'],
@@ -356,11 +368,13 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'i'],
                                           ['s', 'i'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'i'],
                                           ['t', 's'],
+                                          ['s', 'i'],
                                           ['t', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
@@ -402,7 +416,9 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'i'],
                                           ['s', 'i'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['s', 'i'],
@@ -453,7 +469,9 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'i'],
                                           ['s', 'i'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['s', 'i'],
@@ -497,7 +515,9 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'i'],
                                           ['s', 'i'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['s', 'i'],
@@ -541,7 +561,9 @@ DESCRIPTION = {'spec': 'moneta',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'i'],
                                           ['s', 'i'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['s', 'i'],
@@ -572,9 +594,11 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
+                                                   ['t', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
+                                                   ['t', 'o'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
@@ -602,9 +626,12 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t', 'i'],
+                                                   ['t', 'o'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
                                                    ['t', 's'],
+                                                   ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 'i'],
@@ -637,7 +664,9 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t', 'i'],
                                                    ['s', 'i'],
+                                                   ['t', 'o'],
                                                    ['s', 'o'],
                                                    ['t', 'i'],
                                                    ['s', 'i'],
@@ -707,12 +736,14 @@ DESCRIPTION = {'spec': 'moneta',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['s', 'o'],
                                                    ['t', 'i'],
-                                                   ['t', 's'],
-                                                   ['t', 's'],
-                                                   ['t', 's'],
                                                    ['t', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 's'],
+                                                   ['t', 's'],
+                                                   ['t', 's'],
+                                                   ['s', 'i'],
+                                                   ['s', 'o'],
                                                    ['s'],
                                                    ['t', 'i'],
                                                    ['s', 'i'],
@@ -748,9 +779,11 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['t', 'h'],
                                                  ['t', 'h'],
                                                  ['s', 'h'],
+                                                 ['t', 'i'],
                                                  ['t', 'o'],
                                                  ['t', 's'],
                                                  ['t', 's'],
+                                                 ['s', 'o'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
                                                  ['t', 's'],
@@ -779,11 +812,13 @@ DESCRIPTION = {'spec': 'moneta',
                                                  ['s', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 'h'],
+                                                 ['t', 'i'],
                                                  ['s', 'i'],
+                                                 ['t', 'o'],
                                                  ['s', 'o'],
                                                  ['t', 's'],
-                                                 ['t', 'i'],
                                                  ['t', 's'],
+                                                 ['s', 'i'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
                                                  ['t', 'i'],
@@ -848,9 +883,11 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['t', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['t', 's'],
+                                                  ['t', 'o'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
@@ -894,7 +931,9 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['t', 'i'],
                                                   ['s', 'i'],
+                                                  ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
                                                   ['s', 'i'],
@@ -938,7 +977,9 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['t', 'i'],
                                                   ['s', 'i'],
+                                                  ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
                                                   ['s', 'i'],
@@ -982,7 +1023,9 @@ DESCRIPTION = {'spec': 'moneta',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['t', 'i'],
                                                   ['s', 'i'],
+                                                  ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
                                                   ['s', 'i'],
@@ -1044,7 +1087,9 @@ DESCRIPTION = {'spec': 'moneta',
                                                 ['t', 'h'],
                                                 ['t', 'h'],
                                                 ['t', 'h'],
+                                                ['t', 'i'],
                                                 ['s', 'i'],
+                                                ['t', 'o'],
                                                 ['s', 'o'],
                                                 ['t', 'i'],
                                                 ['s', 'i'],
@@ -1324,7 +1369,7 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 14 * C * BV)  # v15, v30, v31, v21, v89, v118, v128, v73, v112, v76, v77, v81, v74, v91, v92, causal, v32, v53, v61, v65, v67, v68, v114, v66, v109, v72, v107, v70, v92, v86, v87, v93, v83, v84, v94, v95, v96, v106
+    scratch = scratch_ptr + slot * (2 * HID * D + 7 * C * HID + 3 * BV * HID + 11 * C * D + 2 * C * C + 15 * C * BV)  # v15, v30, v31, v21, v89, v118, v128, v73, v112, v76, v77, v81, q, v74, v91, v92, causal, v93, v32, v53, v61, v65, v67, v68, v114, v66, v109, v72, v107, v70, v92, v86, v87, v93, v83, v84, v94, v95, v96, v106
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1363,14 +1408,14 @@ def chunk_out_fwd_kernel(
         v31 = tl.load(scratch + HID * D + C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v32 += tl.dot(v31.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + C * BV + offs_t[:, None] * D + offs_o[None, :], v32)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v32)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         k_rows = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v32_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v32_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v33_rows = tl.sum((v32_rows), axis=1)
         v34_rows = (v33_rows / (D))
         v35_rows = (v32_rows - v34_rows[:, None])
@@ -1393,47 +1438,47 @@ def chunk_out_fwd_kernel(
         v51_rows = tl.sum((v50_rows), axis=1)
         v52_rows = (v51_rows / (D))
         v53_rows = (v49_rows + v52_rows[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v53_rows)  # park
+        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v53_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v90 = v53
     v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :], v61)  # park
     v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
     v65 = (v59[:, None] * tl.exp((v64[None, :] - v62)))  # decay from token s to the chunk's end
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v65)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v65)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v67 = gate_eta
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v65_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
-        v67_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
-        v90_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v65_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v67_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v90_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v68_rows = (v65_rows * v67_rows)
-        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v68_rows)  # park
+        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v68_rows)  # park
         v113_rows = v68_rows
         v114_rows = (v113_rows * v90_rows)
-        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v114_rows)  # park
+        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v114_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v61_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v61_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v66_rows = tl.exp(v61_rows)  # cumulative decay in the chunk
-        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v66_rows)  # park
+        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v66_rows)  # park
         v109_rows = (v66_rows * tl.where(offs_rb == nv - 1, 1.0, 0.0)[:, None])
-        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v109_rows)  # park
+        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v109_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v109 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v109 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 7 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v110 = tl.sum((v109), axis=0)
     v116 = v110
-    v114 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v114 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v125 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1454,13 +1499,13 @@ def chunk_out_fwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v72 = k
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v72)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v68 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v107 = (v68 * v72)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v107)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1475,7 +1520,7 @@ def chunk_out_fwd_kernel(
         v73 = v55
         tl.store(scratch + HID * D + 3 * C * HID + 3 * BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    v107 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v107 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v120 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1507,40 +1552,43 @@ def chunk_out_fwd_kernel(
         v128 = tl.load(scratch + HID * D + 3 * C * HID + 2 * BV * HID + offs_o[:, None] * HID + offs_h[None, :])
         v134 = (v128 * v133[None, :])
         v135 += tl.sum((v134), axis=1)
-    v67 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v72 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 7 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v72 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 8 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = (v72 * v67)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v61 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v75_xA = q * v75_A
-    for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v75_p = v75_r + v75_j
-        v75_y = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_b = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
-        v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
+    v75 = tl.zeros((C, C), DTYPE)
+    for v75_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v75_c = v75_cb + tl.arange(0, BK)
+        v75_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * D + v75_c[None, :]) - tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + v75_r[:, None] * D + v75_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v75_xA = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + tl.arange(0, C)[:, None] * D + v75_c[None, :]) * v75_A
+        for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v75_start = v75_k * BC
+            v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + v75_start * D + v75_c)[None, :] - tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * D + v75_c[None, :]), 0.0)), 0.0)
+            v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
+            v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * D + v75_c[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75_xw = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + tl.arange(0, C)[:, None] * D + v75_c[None, :])
+        v75_aw = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * D + v75_c[None, :])
+        for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v75_p = v75_r + v75_j
+            v75_y = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + v75_p[:, None] * D + v75_c[None, :])
+            v75_b = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + v75_p[:, None] * D + v75_c[None, :])
+            v75_d = tl.sum(v75_xw * v75_y * tl.exp(tl.minimum(v75_aw - v75_b, 0.0)), axis=1)
+            v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
     v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v66_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v66_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v69_rows = ((-1.0) + v66_rows)
         v70_rows = (q_rows * v69_rows)
-        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v70_rows)  # park
+        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 5 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v70_rows)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1548,7 +1596,7 @@ def chunk_out_fwd_kernel(
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * HID * D + 4 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
     tl.debug_barrier()
-    v70 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 9 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v70 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1566,19 +1614,19 @@ def chunk_out_fwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v67_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
-        v90_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v67_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 4 * C * D + 2 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v90_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v88_rows = v67_rows
         v92_rows = (v90_rows * v88_rows)
-        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v92_rows)  # park
+        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 11 * C * D + 2 * C * C + 5 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v92_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v86 = v61
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 11 * C * D + 2 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v87 = v62
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 11 * C * D + 2 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v87)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1600,38 +1648,42 @@ def chunk_out_fwd_kernel(
         v81 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = tl.load(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v86 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 6 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v92 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 11 * C * D + 2 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v91)
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v93 = v93 * v93_A
-    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v93_p = v93_r + v93_j
-        v93_x = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + tl.arange(0, C) * C + v93_p)
-        v93_y = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + C * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_m = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_b = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + C * D + 2 * C * C + 3 * C * BV + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
+    for v93_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v93_c = v93_cb + tl.arange(0, BK)
+        v93_block = tl.zeros((C, BK), DTYPE)
+        v93_A = tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * BV + v93_c[None, :]) - tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + v93_r[:, None] * BV + v93_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v93_start = v93_k * BC
+            v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + v93_start * BV + v93_c)[None, :] - tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * BV + v93_c[None, :]), 0.0)), 0.0)
+            v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+            v93_block += v93_rows[:, None] * tl.dot((tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + C * C + tl.arange(0, C)[:, None] * BV + v93_c[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93_block = v93_block * v93_A
+        v93_aw = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + tl.arange(0, C)[:, None] * BV + v93_c[None, :])
+        for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v93_p = v93_r + v93_j
+            v93_x = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + tl.arange(0, C) * C + v93_p)
+            v93_y = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + C * C + v93_p[:, None] * BV + v93_c[None, :])
+            v93_m = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + C * C + C * BV + tl.arange(0, C) * C + v93_p)
+            v93_b = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + 4 * C * BV + v93_p[:, None] * BV + v93_c[None, :])
+            v93_block += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v93_aw - v93_b, 0.0))
+        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + v93_c[None, :], v93_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v93 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 2 * C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 11 * C * D + 2 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v66_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 5 * C * D + 2 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v66_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 6 * C * D + 2 * C * C + 5 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v82_rows = v66_rows
         v83_rows = ((-1.0) + v82_rows)
-        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 8 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v83_rows)  # park
+        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 11 * C * D + 2 * C * C + 9 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v83_rows)  # park
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1639,16 +1691,16 @@ def chunk_out_fwd_kernel(
         v81 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 9 * C * BV + offs_t[:, None] * D + offs_o[None, :], v84)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 11 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v83_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 8 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v84_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 9 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v93_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 7 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v83_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 11 * C * D + 2 * C * C + 9 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v84_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 11 * C * D + 2 * C * C + 10 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v93_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 11 * C * D + 2 * C * C + 8 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v85_rows = (v83_rows * v84_rows)
         v94_rows = (v85_rows - v93_rows)
-        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 10 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v94_rows)  # park
+        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 11 * C * D + 2 * C * C + 11 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v94_rows)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1659,9 +1711,9 @@ def chunk_out_fwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 10 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 11 * C * D + 2 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v95 = (v94 * v29)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 11 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 11 * C * D + 2 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v95)  # park
     v96 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1669,15 +1721,15 @@ def chunk_out_fwd_kernel(
         v81 = tl.load(scratch + 2 * HID * D + 6 * C * HID + 3 * BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 12 * C * BV + offs_t[:, None] * D + offs_o[None, :], v96)  # park
+    tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 11 * C * D + 2 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :], v96)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v95_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 11 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v96_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 12 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v95_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 11 * C * D + 2 * C * C + 12 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v96_rows = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 11 * C * D + 2 * C * C + 13 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v97_rows = (v96_rows + v95_rows)
         v98_rows = tl.sum((v97_rows), axis=1)
         v99_rows = (v98_rows / (D))
@@ -1688,7 +1740,7 @@ def chunk_out_fwd_kernel(
         v104_rows = (ln_bias[None, :] + (v100_rows * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v103_rows[:, None]))))))
         v105_rows = q_rows
         v106_rows = (v104_rows + v105_rows)  # read: M(q_t; W_t)
-        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 13 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v106_rows)  # park
+        tl.store(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 11 * C * D + 2 * C * C + 14 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v106_rows)  # park
     v143 = v130
     v136 = tl.sum((v135), axis=0)
     v137 = (v136 / (D))
@@ -1699,7 +1751,7 @@ def chunk_out_fwd_kernel(
     v142 = (ln_bias + (v138 * ln_weight / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v141))))))
     v144 = (v142 + v143)  # memory output M(x)
     tl.debug_barrier()  # parked tiles other threads stored
-    v106 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 10 * C * D + 2 * C * C + 13 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v106 = tl.load(scratch + 2 * HID * D + 7 * C * HID + 3 * BV * HID + 11 * C * D + 2 * C * C + 14 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v146 = ((tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None] * v144[None, :]) + (v106 * (1.0 - tl.where((offs_t == nv - 1) & (nv == C), 1.0, 0.0)[:, None])))
     tl.store(out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v146.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -1736,7 +1788,7 @@ def chunk_local_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 5 * C * D + 23 * C * BV + 3 * C * C + 4 * C)  # v15, v30, v31, v21, v73, v76, v77, v81, v89, v74, v92, causal, v122, v35, v39, v41, v48, v44, v49, v52, v53, v67, v88, v92, v59, v61, v104, v75, v66, v70, v86, v87, v91, v93, v83, v84, v94, v95, v96, v100, v103, v116, v119, v121
+    scratch = scratch_ptr + slot * (HID * D + 7 * C * HID + BV * HID + 6 * C * D + 25 * C * BV + 3 * C * C + 4 * C)  # v15, v30, v31, v21, v73, v76, v77, v81, v89, q, v74, v92, causal, v122, v93, v123, v35, v39, v41, v48, v44, v49, v52, v53, v67, v88, v92, v59, v61, v104, v75, v66, v70, v86, v87, v91, v93, v83, v84, v94, v95, v96, v100, v103, v116, v119, v121
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1779,128 +1831,131 @@ def chunk_local_bwd_kernel(
     v34 = (v33 / (D))
     v35 = (v32 - v34[:, None])
     tl.store(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v35.to(local_0_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v36 = (v35 * v35)
     v37 = tl.sum((v36), axis=1)
     v38 = (v37 / (D))
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v39 = (ln_bias[None, :] + (v35 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None]))))))
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v39)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v39)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         k_rows = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v39_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 3 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v39_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :])
         v40_rows = k_rows
         v41_rows = (v39_rows + v40_rows)  # memory output M(x)
-        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :], v41_rows)  # park
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :], v41_rows)  # park
         v_rows = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
-    v41 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v41 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 6 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v42 = (v41 - v)
     tl.store(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v42.to(local_1_ptr.dtype.element_ty), mask=nv > 0)
     v43 = (3.0 * v42 * (tl.sqrt((tl.full((), 1e-06, DTYPE) + (v42 * v42)))))  # inner gradient signal g = dl/dy
     tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v43.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
-    v35 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v45 = ((-0.5) * v35 * ln_weight[None, :] * v43 / (((tl.full((), 1e-05, DTYPE) + v38[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
     v46 = tl.sum((v45), axis=1)
     v47 = (v46 / (D))
     v48 = (2.0 * v35 * v47[:, None])
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v48)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 7 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v48)  # park
     v44 = (ln_weight[None, :] * v43 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v38[:, None])))))
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 6 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v44)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 8 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v44)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v44_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 6 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :])
-        v48_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v44_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 8 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v48_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 7 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :])
         v49_rows = (v44_rows + v48_rows)
-        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 7 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :], v49_rows)  # park
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 9 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :], v49_rows)  # park
         v50_rows = ((-1.0) * v49_rows)
         v51_rows = tl.sum((v50_rows), axis=1)
         v52_rows = (v51_rows / (D))
-        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 8 * C * BV + C * C + offs_rb, v52_rows)  # park
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 10 * C * BV + C * C + offs_rb, v52_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 7 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v52 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 8 * C * BV + C * C + offs_t)  # parked
+    v49 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 9 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v52 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 10 * C * BV + C * C + offs_t)  # parked
     v53 = (v49 + v52[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v53.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 8 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 10 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     v90 = v53
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v67 = gate_eta
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :], v67)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :], v67)  # park
     v88 = v67
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :], v88)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 11 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :], v88)  # park
     v92 = (v90 * v88)
     tl.store(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v92.to(local_4_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 10 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :], v92)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 12 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :], v92)  # park
     v59 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + C + offs_s, v59)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 13 * C * BV + C * C + C + offs_s, v59)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v60 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v61 = tl.cumsum(v60, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_t[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + offs_t[:, None] * D + offs_i[None, :], v61)  # park
     v63 = (v61 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v64 = tl.sum((v63), axis=0)
     v62 = v61
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v59_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + C + offs_rb)
-        v62_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :])
-        v67_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 9 * C * BV + C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v59_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 13 * C * BV + C * C + C + offs_rb)
+        v62_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :])
+        v67_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + C + offs_rb[:, None] * D + offs_i[None, :])
         v65_rows = (v59_rows[:, None] * tl.exp((v64[None, :] - v62_rows)))  # decay from token s to the chunk's end
         v68_rows = (v65_rows * v67_rows)
         v104_rows = v68_rows
-        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 11 * C * BV + C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v104_rows)  # park
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 13 * C * BV + C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v104_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v90 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 8 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v104 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 11 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v90 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 10 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v104 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 13 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v105 = (v104 * v90)
     tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v105.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v72 = k
-    v67 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = (v72 * v67)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v61 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v62 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v74)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v75 = tl.zeros((C, C), DTYPE)
     v75_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v75_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v75_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v75_xA = q * v75_A
-    for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v75_start = v75_k * BC
-        v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v75_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
-        v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v75_p = v75_r + v75_j
-        v75_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v75_p[:, None] * D + tl.arange(0, D)[None, :])
-        v75_d = tl.sum(q * v75_y * tl.exp(tl.minimum(v61 - v75_b, 0.0)), axis=1)
-        v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
+    v75 = tl.zeros((C, C), DTYPE)
+    for v75_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v75_c = v75_cb + tl.arange(0, BK)
+        v75_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * D + v75_c[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + v75_r[:, None] * D + v75_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v75_xA = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + v75_c[None, :]) * v75_A
+        for v75_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v75_start = v75_k * BC
+            v75_B = tl.where(tl.arange(0, C)[:, None] < v75_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + v75_start * D + v75_c)[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * D + v75_c[None, :]), 0.0)), 0.0)
+            v75_rows = tl.where(tl.arange(0, C) // BC == v75_k, 1.0, 0.0)
+            v75 += v75_rows[:, None] * tl.dot((v75_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + v75_c[None, :]) * v75_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v75_xw = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + v75_c[None, :])
+        v75_aw = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * D + v75_c[None, :])
+        for v75_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v75_p = v75_r + v75_j
+            v75_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v75_p[:, None] * D + v75_c[None, :])
+            v75_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + v75_p[:, None] * D + v75_c[None, :])
+            v75_d = tl.sum(v75_xw * v75_y * tl.exp(tl.minimum(v75_aw - v75_b, 0.0)), axis=1)
+            v75 += tl.where(tl.arange(0, C)[None, :] == v75_p[:, None], v75_d[:, None], 0.0)
     v75 = v75 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 12 * C * BV + C * C + 2 * C + offs_t[:, None] * C + offs_s[None, :], v75)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 14 * C * BV + C * C + 2 * C + offs_t[:, None] * C + offs_s[None, :], v75)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v61_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :])
+        v61_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :])
         v66_rows = tl.exp(v61_rows)  # cumulative decay in the chunk
-        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :], v66_rows)  # park
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 14 * C * BV + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :], v66_rows)  # park
         v69_rows = ((-1.0) + v66_rows)
         v70_rows = (q_rows * v69_rows)
-        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :], v70_rows)  # park
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :], v70_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + 8 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 10 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1912,7 +1967,7 @@ def chunk_local_bwd_kernel(
         v73 = v55
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v73)
     tl.debug_barrier()
-    v75 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 12 * C * BV + C * C + 2 * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v75 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 14 * C * BV + C * C + 2 * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1920,7 +1975,7 @@ def chunk_local_bwd_kernel(
         v76 = tl.dot(v75.to(DOT_DTYPE), v73.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 3 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v76)
     tl.debug_barrier()
-    v70 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v70 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1935,13 +1990,13 @@ def chunk_local_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v61 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v61 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v86 = v61
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v86)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 14 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v86)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v87 = v62
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 13 * C * BV + 2 * C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :], v87)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 15 * C * BV + 2 * C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :], v87)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -1966,39 +2021,43 @@ def chunk_local_bwd_kernel(
         v81 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v89 = tl.load(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v91 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v89).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * C + offs_s[None, :], v91)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 16 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * C + offs_s[None, :], v91)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 13 * C * BV + 2 * C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 10 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v92 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 12 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v92)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v93 = tl.zeros((C, BV), DTYPE)
     v93_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v93_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v93_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v93_start = v93_k * BC
-        v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v93_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
-        v93 += v93_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v93 = v93 * v93_A
-    for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v93_p = v93_r + v93_j
-        v93_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + tl.arange(0, C) * C + v93_p)
-        v93_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C) * C + v93_p)
-        v93_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v93_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v93 += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v86 - v93_b, 0.0))
+    for v93_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v93_c = v93_cb + tl.arange(0, BK)
+        v93_block = tl.zeros((C, BK), DTYPE)
+        v93_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * BV + v93_c[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + v93_r[:, None] * BV + v93_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        for v93_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v93_start = v93_k * BC
+            v93_B = tl.where(tl.arange(0, C)[:, None] < v93_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + v93_start * BV + v93_c)[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * BV + v93_c[None, :]), 0.0)), 0.0)
+            v93_rows = tl.where(tl.arange(0, C) // BC == v93_k, 1.0, 0.0)
+            v93_block += v93_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 16 * C * BV + 2 * C * C + 2 * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v93_c[None, :]) * v93_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v93_block = v93_block * v93_A
+        v93_aw = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * BV + v93_c[None, :])
+        for v93_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v93_p = v93_r + v93_j
+            v93_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 16 * C * BV + 2 * C * C + 2 * C + tl.arange(0, C) * C + v93_p)
+            v93_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + v93_p[:, None] * BV + v93_c[None, :])
+            v93_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C) * C + v93_p)
+            v93_b = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + v93_p[:, None] * BV + v93_c[None, :])
+            v93_block += v93_x[:, None] * v93_y * v93_m[:, None] * tl.exp(tl.minimum(v93_aw - v93_b, 0.0))
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + v93_c[None, :], v93_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v93 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 14 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v93)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 16 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v93)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v66_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :])
+        v66_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 4 * C * D + 14 * C * BV + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :])
         v82_rows = v66_rows
         v83_rows = ((-1.0) + v82_rows)
-        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 15 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v83_rows)  # park
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 17 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v83_rows)  # park
     v84 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2006,16 +2065,16 @@ def chunk_local_bwd_kernel(
         v81 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v84 += tl.dot(v81.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 16 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v84)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 18 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v84)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v83_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 15 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
-        v84_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 16 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
-        v93_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 14 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
+        v83_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 17 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
+        v84_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 18 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
+        v93_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 16 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
         v85_rows = (v83_rows * v84_rows)
         v94_rows = (v85_rows - v93_rows)
-        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 17 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v94_rows)  # park
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 19 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v94_rows)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2026,9 +2085,9 @@ def chunk_local_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v94 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 17 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v94 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 19 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v95 = (v94 * v29)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 18 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v95)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 20 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v95)  # park
     v96 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2036,28 +2095,28 @@ def chunk_local_bwd_kernel(
         v81 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v96 += tl.dot(v81.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 19 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v96)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 21 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v96)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v95_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 18 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
-        v96_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 19 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
+        v95_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 20 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
+        v96_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 21 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
         v97_rows = (v96_rows + v95_rows)
         v98_rows = tl.sum((v97_rows), axis=1)
         v99_rows = (v98_rows / (D))
         v100_rows = (v97_rows - v99_rows[:, None])
-        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 20 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v100_rows)  # park
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 22 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v100_rows)  # park
         v101_rows = (v100_rows * v100_rows)
         v102_rows = tl.sum((v101_rows), axis=1)
         v103_rows = (v102_rows / (D))
-        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 21 * C * BV + 3 * C * C + 2 * C + offs_rb, v103_rows)  # park
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 23 * C * BV + 3 * C * C + 2 * C + offs_rb, v103_rows)  # park
         d_out_rows = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v100_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 20 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
-        v103_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 21 * C * BV + 3 * C * C + 2 * C + offs_rb)
+        v100_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 22 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
+        v103_rows = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 23 * C * BV + 3 * C * C + 2 * C + offs_rb)
         d_out_rows = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
         v110_rows = (d_out_rows * (1.0 - tl.where((offs_rb == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
         v112_rows = ((-0.5) * v100_rows * ln_weight[None, :] * v110_rows / (((tl.full((), 1e-05, DTYPE) + v103_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v103_rows[:, None])))))
@@ -2066,48 +2125,50 @@ def chunk_local_bwd_kernel(
         v115_rows = (2.0 * v100_rows * v114_rows[:, None])
         v111_rows = (ln_weight[None, :] * v110_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v103_rows[:, None])))))
         v116_rows = (v111_rows + v115_rows)
-        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 21 * C * BV + 3 * C * C + 3 * C + offs_rb[:, None] * D + offs_o[None, :], v116_rows)  # park
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 23 * C * BV + 3 * C * C + 3 * C + offs_rb[:, None] * D + offs_o[None, :], v116_rows)  # park
         v117_rows = ((-1.0) * v116_rows)
         v118_rows = tl.sum((v117_rows), axis=1)
         v119_rows = (v118_rows / (D))
-        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 22 * C * BV + 3 * C * C + 3 * C + offs_rb, v119_rows)  # park
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 24 * C * BV + 3 * C * C + 3 * C + offs_rb, v119_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v116 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 21 * C * BV + 3 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v119 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 22 * C * BV + 3 * C * C + 3 * C + offs_t)  # parked
+    v116 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 23 * C * BV + 3 * C * C + 3 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v119 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 24 * C * BV + 3 * C * C + 3 * C + offs_t)  # parked
     v120 = (v116 + v119[:, None])
     tl.store(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v120.to(local_6_ptr.dtype.element_ty), mask=nv > 0)
     v121 = (v29 * v120)
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 22 * C * BV + 3 * C * C + 4 * C + offs_t[:, None] * D + offs_o[None, :], v121)  # park
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 24 * C * BV + 3 * C * C + 4 * C + offs_t[:, None] * D + offs_o[None, :], v121)  # park
     v122 = ((-1.0) * v121)
     tl.store(local_7_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v122.to(local_7_ptr.dtype.element_ty), mask=nv > 0)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v87 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 13 * C * BV + 2 * C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v91 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v122)
+    tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v122)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v123 = tl.zeros((C, BV), DTYPE)
     v123_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v123_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v123_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v123_xA = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v123_A
-    for v123_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v123_start = v123_k * BC
-        v123_B = tl.where(tl.arange(0, C)[:, None] < v123_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v123_start * BV + tl.arange(0, BV))[None, :] - v87, 0.0)), 0.0)
-        v123_rows = tl.where(tl.arange(0, C) // BC == v123_k, 1.0, 0.0)
-        v123 += v123_B * tl.dot(tl.trans((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v123_xA * v123_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v123_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v123_p = v123_r + v123_j
-        v123_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + C * BV + C * C + v123_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v123_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + v123_p * C + tl.arange(0, C))
-        v123_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + C * D + C * BV + v123_p * C + tl.arange(0, C))
-        v123_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v123_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v123 += v123_x * v123_y[:, None] * v123_m[:, None] * tl.exp(tl.minimum(v123_a - v87, 0.0))
+    for v123_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v123_c = v123_cb + tl.arange(0, BK)
+        v123_block = tl.zeros((C, BK), DTYPE)
+        v123_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * BV + v123_c[None, :]) - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + v123_r[:, None] * BV + v123_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v123_xA = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + v123_c[None, :]) * v123_A
+        for v123_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v123_start = v123_k * BC
+            v123_B = tl.where(tl.arange(0, C)[:, None] < v123_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + v123_start * BV + v123_c)[None, :] - tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * BV + v123_c[None, :]), 0.0)), 0.0)
+            v123_rows = tl.where(tl.arange(0, C) // BC == v123_k, 1.0, 0.0)
+            v123_block += v123_B * tl.dot(tl.trans((tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 16 * C * BV + 2 * C * C + 2 * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v123_xA * v123_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v123_bw = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * BV + v123_c[None, :])
+        for v123_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v123_p = v123_r + v123_j
+            v123_x = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * BV + C * C + v123_p[:, None] * BV + v123_c[None, :])
+            v123_y = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 16 * C * BV + 2 * C * C + 2 * C + v123_p * C + tl.arange(0, C))
+            v123_m = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + C * BV + v123_p * C + tl.arange(0, C))
+            v123_a = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + v123_p[:, None] * BV + v123_c[None, :])
+            v123_block += v123_x * v123_y[:, None] * v123_m[:, None] * tl.exp(tl.minimum(v123_a - v123_bw, 0.0))
+        tl.store(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + v123_c[None, :], v123_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v123 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    v88 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 2 * C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v88 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 3 * C * D + 11 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v124 = (v88 * v123)
     tl.store(local_8_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v124.to(local_8_ptr.dtype.element_ty), mask=nv > 0)
-    v83 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 15 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v121 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 5 * C * D + 22 * C * BV + 3 * C * C + 4 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 17 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v121 = tl.load(scratch + HID * D + 7 * C * HID + BV * HID + 6 * C * D + 24 * C * BV + 3 * C * C + 4 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v125 = (v83 * v121)
     tl.store(local_9_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v125.to(local_9_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -3121,40 +3182,43 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + C * BV + 3 * C * D + 2 * C * C)  # v15, v26, v21, v44, v47, v48, v51, v54, v65, v61, v69, local_4, v45, v36, v46, v41, v63
+    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C)  # v15, v26, v21, v44, v47, v48, v51, v54, v65, v61, v69, q, local_7, local_4, v45, v36, v46, v41, v63
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = gate_eta
     v45 = (v43 * v39)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v45)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v35 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v36 = tl.cumsum(v35, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     v37 = v36
-    tl.debug_barrier()  # parked tiles other threads stored
-    v45 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v46 = tl.zeros((C, C), DTYPE)
     v46_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + v46_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v46_xA = q * v46_A
-    for v46_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v46_start = v46_k * BC
-        v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + v46_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v46_rows = tl.where(tl.arange(0, C) // BC == v46_k, 1.0, 0.0)
-        v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v46_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v46_p = v46_r + v46_j
-        v46_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + v46_p[:, None] * D + tl.arange(0, D)[None, :])
-        v46_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + v46_p[:, None] * D + tl.arange(0, D)[None, :])
-        v46_d = tl.sum(q * v46_y * tl.exp(tl.minimum(v36 - v46_b, 0.0)), axis=1)
-        v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
+    v46 = tl.zeros((C, C), DTYPE)
+    for v46_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v46_c = v46_cb + tl.arange(0, BK)
+        v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v46_c[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + v46_r[:, None] * D + v46_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v46_xA = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + v46_c[None, :]) * v46_A
+        for v46_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v46_start = v46_k * BC
+            v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + v46_start * D + v46_c)[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v46_c[None, :]), 0.0)), 0.0)
+            v46_rows = tl.where(tl.arange(0, C) // BC == v46_k, 1.0, 0.0)
+            v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v46_c[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v46_xw = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + v46_c[None, :])
+        v46_aw = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v46_c[None, :])
+        for v46_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v46_p = v46_r + v46_j
+            v46_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v46_p[:, None] * D + v46_c[None, :])
+            v46_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + v46_p[:, None] * D + v46_c[None, :])
+            v46_d = tl.sum(v46_xw * v46_y * tl.exp(tl.minimum(v46_aw - v46_b, 0.0)), axis=1)
+            v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
     v46 = v46 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3185,12 +3249,12 @@ def chunk_grad_q_2_bwd_kernel(
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v36_rows = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v36_rows = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v38_rows = tl.exp(v36_rows)  # cumulative decay in the chunk
         v40_rows = ((-1.0) + v38_rows)
         v41_rows = (q_rows * v40_rows)
-        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * D + C * C + offs_rb[:, None] * D + offs_i[None, :], v41_rows)  # park
+        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v41_rows)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3205,7 +3269,7 @@ def chunk_grad_q_2_bwd_kernel(
         v44 = v33
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
     tl.debug_barrier()
-    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3213,7 +3277,7 @@ def chunk_grad_q_2_bwd_kernel(
         v47 = tl.dot(v46.to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
     tl.debug_barrier()
-    v41 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3228,32 +3292,37 @@ def chunk_grad_q_2_bwd_kernel(
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v52 = v36
-    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = v37
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v63 = tl.zeros((C, C), DTYPE)
     v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v63_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v63_xA = local_7 * v63_A
-    for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v63_start = v63_k * BC
-        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
-        v63 += v63_rows[:, None] * tl.dot((v63_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v63_p = v63_r + v63_j
-        v63_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v63_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v63_d = tl.sum(local_7 * v63_y * tl.exp(tl.minimum(v52 - v63_b, 0.0)), axis=1)
-        v63 += tl.where(tl.arange(0, C)[None, :] == v63_p[:, None], v63_d[:, None], 0.0)
+    v63 = tl.zeros((C, C), DTYPE)
+    for v63_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v63_c = v63_cb + tl.arange(0, BK)
+        v63_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v63_c[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + v63_r[:, None] * BV + v63_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v63_xA = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + v63_c[None, :]) * v63_A
+        for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v63_start = v63_k * BC
+            v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + v63_start * BV + v63_c)[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v63_c[None, :]), 0.0)), 0.0)
+            v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
+            v63 += v63_rows[:, None] * tl.dot((v63_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + v63_c[None, :]) * v63_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63_xw = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + v63_c[None, :])
+        v63_aw = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v63_c[None, :])
+        for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v63_p = v63_r + v63_j
+            v63_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + C * BV + v63_p[:, None] * BV + v63_c[None, :])
+            v63_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + v63_p[:, None] * BV + v63_c[None, :])
+            v63_d = tl.sum(v63_xw * v63_y * tl.exp(tl.minimum(v63_aw - v63_b, 0.0)), axis=1)
+            v63 += tl.where(tl.arange(0, C)[None, :] == v63_p[:, None], v63_d[:, None], 0.0)
     v63 = v63 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -3275,7 +3344,7 @@ def chunk_grad_q_2_bwd_kernel(
         v54 = v27
         tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 3 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3348,7 +3417,7 @@ def chunk_grad_q_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + C * BV + 4 * C * C + 3 * C * D)  # v15, v26, v21, v44, v50, v42, v51, v61, v54, v65, v71, local_4, v72, causal, v36, v41, v45, v46, v63
+    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + 4 * C * C)  # v15, v26, v21, v44, v50, v42, v51, v61, v54, v65, v71, q, local_7, local_4, v72, causal, v73, v36, v41, v45, v46, v63
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3396,45 +3465,50 @@ def chunk_grad_q_3_bwd_kernel(
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v35 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v36 = tl.cumsum(v35, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v36_rows = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v36_rows = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         v38_rows = tl.exp(v36_rows)  # cumulative decay in the chunk
         v40_rows = ((-1.0) + v38_rows)
         v41_rows = (q_rows * v40_rows)
-        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :], v41_rows)  # park
+        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v41_rows)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = gate_eta
     v45 = (v43 * v39)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v37 = v36
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v46 = tl.zeros((C, C), DTYPE)
     v46_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + v46_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v46_xA = q * v46_A
-    for v46_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v46_start = v46_k * BC
-        v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + v46_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v46_rows = tl.where(tl.arange(0, C) // BC == v46_k, 1.0, 0.0)
-        v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v46_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v46_p = v46_r + v46_j
-        v46_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 2 * C * D + v46_p[:, None] * D + tl.arange(0, D)[None, :])
-        v46_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + v46_p[:, None] * D + tl.arange(0, D)[None, :])
-        v46_d = tl.sum(q * v46_y * tl.exp(tl.minimum(v36 - v46_b, 0.0)), axis=1)
-        v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
+    v46 = tl.zeros((C, C), DTYPE)
+    for v46_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v46_c = v46_cb + tl.arange(0, BK)
+        v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v46_c[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v46_r[:, None] * D + v46_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v46_xA = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + v46_c[None, :]) * v46_A
+        for v46_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v46_start = v46_k * BC
+            v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v46_start * D + v46_c)[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v46_c[None, :]), 0.0)), 0.0)
+            v46_rows = tl.where(tl.arange(0, C) // BC == v46_k, 1.0, 0.0)
+            v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v46_c[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v46_xw = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + v46_c[None, :])
+        v46_aw = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v46_c[None, :])
+        for v46_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v46_p = v46_r + v46_j
+            v46_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v46_p[:, None] * D + v46_c[None, :])
+            v46_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v46_p[:, None] * D + v46_c[None, :])
+            v46_d = tl.sum(v46_xw * v46_y * tl.exp(tl.minimum(v46_aw - v46_b, 0.0)), axis=1)
+            v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
     v46 = v46 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -3442,26 +3516,31 @@ def chunk_grad_q_3_bwd_kernel(
     v53 = v37
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v63 = tl.zeros((C, C), DTYPE)
     v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v63_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v63_xA = local_7 * v63_A
-    for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v63_start = v63_k * BC
-        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
-        v63 += v63_rows[:, None] * tl.dot((v63_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v63_p = v63_r + v63_j
-        v63_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v63_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v63_d = tl.sum(local_7 * v63_y * tl.exp(tl.minimum(v52 - v63_b, 0.0)), axis=1)
-        v63 += tl.where(tl.arange(0, C)[None, :] == v63_p[:, None], v63_d[:, None], 0.0)
+    v63 = tl.zeros((C, C), DTYPE)
+    for v63_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v63_c = v63_cb + tl.arange(0, BK)
+        v63_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v63_c[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v63_r[:, None] * BV + v63_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v63_xA = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + v63_c[None, :]) * v63_A
+        for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v63_start = v63_k * BC
+            v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v63_start * BV + v63_c)[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v63_c[None, :]), 0.0)), 0.0)
+            v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
+            v63 += v63_rows[:, None] * tl.dot((v63_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + v63_c[None, :]) * v63_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63_xw = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + v63_c[None, :])
+        v63_aw = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v63_c[None, :])
+        for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v63_p = v63_r + v63_j
+            v63_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + C * BV + v63_p[:, None] * BV + v63_c[None, :])
+            v63_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v63_p[:, None] * BV + v63_c[None, :])
+            v63_d = tl.sum(v63_xw * v63_y * tl.exp(tl.minimum(v63_aw - v63_b, 0.0)), axis=1)
+            v63 += tl.where(tl.arange(0, C)[None, :] == v63_p[:, None], v63_d[:, None], 0.0)
     v63 = v63 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -3472,7 +3551,7 @@ def chunk_grad_q_3_bwd_kernel(
         v50 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
-    v41 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3482,7 +3561,7 @@ def chunk_grad_q_3_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3508,7 +3587,7 @@ def chunk_grad_q_3_bwd_kernel(
         v54 = v27
         tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3539,28 +3618,31 @@ def chunk_grad_q_3_bwd_kernel(
         v44 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v71 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v72 += (tl.dot(v71.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v44.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v45 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v72)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v72)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + 2 * C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v73 = tl.zeros((C, D), DTYPE)
     v73_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v73_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + v73_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v73_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v73_start = v73_k * BC
-        v73_B = tl.where(tl.arange(0, C)[:, None] < v73_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + v73_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v73_rows = tl.where(tl.arange(0, C) // BC == v73_k, 1.0, 0.0)
-        v73 += v73_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v73_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v73 = v73 * v73_A
-    for v73_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v73_p = v73_r + v73_j
-        v73_x = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + tl.arange(0, C) * C + v73_p)
-        v73_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 2 * C * D + v73_p[:, None] * D + tl.arange(0, D)[None, :])
-        v73_m = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * C + tl.arange(0, C) * C + v73_p)
-        v73_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + v73_p[:, None] * D + tl.arange(0, D)[None, :])
-        v73 += v73_x[:, None] * v73_y * v73_m[:, None] * tl.exp(tl.minimum(v36 - v73_b, 0.0))
+    for v73_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v73_c = v73_cb + tl.arange(0, BK)
+        v73_block = tl.zeros((C, BK), DTYPE)
+        v73_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v73_c[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v73_r[:, None] * D + v73_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        for v73_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v73_start = v73_k * BC
+            v73_B = tl.where(tl.arange(0, C)[:, None] < v73_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v73_start * D + v73_c)[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v73_c[None, :]), 0.0)), 0.0)
+            v73_rows = tl.where(tl.arange(0, C) // BC == v73_k, 1.0, 0.0)
+            v73_block += v73_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v73_c[None, :]) * v73_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v73_block = v73_block * v73_A
+        v73_aw = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v73_c[None, :])
+        for v73_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v73_p = v73_r + v73_j
+            v73_x = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + 2 * C * BV + tl.arange(0, C) * C + v73_p)
+            v73_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v73_p[:, None] * D + v73_c[None, :])
+            v73_m = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + 2 * C * BV + C * C + tl.arange(0, C) * C + v73_p)
+            v73_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v73_p[:, None] * D + v73_c[None, :])
+            v73_block += v73_x[:, None] * v73_y * v73_m[:, None] * tl.exp(tl.minimum(v73_aw - v73_b, 0.0))
+        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v73_c[None, :], v73_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v73 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v73.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -3598,40 +3680,43 @@ def chunk_grad_q_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + C * BV + 4 * C * D + 2 * C * C)  # v15, v26, v21, v44, v47, v48, v51, v54, v65, v61, v70, local_4, v45, v36, v46, v40, v41, v63
+    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + 2 * C * C)  # v15, v26, v21, v44, v47, v48, v51, v54, v65, v61, v70, q, local_7, local_4, v45, v36, v46, v40, v41, v63
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = gate_eta
     v45 = (v43 * v39)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v45)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v35 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v36 = tl.cumsum(v35, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     v37 = v36
-    tl.debug_barrier()  # parked tiles other threads stored
-    v45 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v46 = tl.zeros((C, C), DTYPE)
     v46_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + v46_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v46_xA = q * v46_A
-    for v46_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v46_start = v46_k * BC
-        v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + v46_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v46_rows = tl.where(tl.arange(0, C) // BC == v46_k, 1.0, 0.0)
-        v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v46_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v46_p = v46_r + v46_j
-        v46_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + v46_p[:, None] * D + tl.arange(0, D)[None, :])
-        v46_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + v46_p[:, None] * D + tl.arange(0, D)[None, :])
-        v46_d = tl.sum(q * v46_y * tl.exp(tl.minimum(v36 - v46_b, 0.0)), axis=1)
-        v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
+    v46 = tl.zeros((C, C), DTYPE)
+    for v46_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v46_c = v46_cb + tl.arange(0, BK)
+        v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v46_c[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + v46_r[:, None] * D + v46_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v46_xA = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + v46_c[None, :]) * v46_A
+        for v46_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v46_start = v46_k * BC
+            v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + v46_start * D + v46_c)[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v46_c[None, :]), 0.0)), 0.0)
+            v46_rows = tl.where(tl.arange(0, C) // BC == v46_k, 1.0, 0.0)
+            v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v46_c[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v46_xw = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + v46_c[None, :])
+        v46_aw = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v46_c[None, :])
+        for v46_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v46_p = v46_r + v46_j
+            v46_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v46_p[:, None] * D + v46_c[None, :])
+            v46_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + v46_p[:, None] * D + v46_c[None, :])
+            v46_d = tl.sum(v46_xw * v46_y * tl.exp(tl.minimum(v46_aw - v46_b, 0.0)), axis=1)
+            v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
     v46 = v46 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3662,13 +3747,13 @@ def chunk_grad_q_4_bwd_kernel(
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v36_rows = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v36_rows = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v38_rows = tl.exp(v36_rows)  # cumulative decay in the chunk
         v40_rows = ((-1.0) + v38_rows)
-        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * D + C * C + offs_rb[:, None] * D + offs_i[None, :], v40_rows)  # park
+        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v40_rows)  # park
         v41_rows = (q_rows * v40_rows)
-        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 3 * C * D + C * C + offs_rb[:, None] * D + offs_i[None, :], v41_rows)  # park
+        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v41_rows)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3683,7 +3768,7 @@ def chunk_grad_q_4_bwd_kernel(
         v44 = v33
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
     tl.debug_barrier()
-    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3691,7 +3776,7 @@ def chunk_grad_q_4_bwd_kernel(
         v47 = tl.dot(v46.to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
     tl.debug_barrier()
-    v41 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 3 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3706,32 +3791,37 @@ def chunk_grad_q_4_bwd_kernel(
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v52 = v36
-    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = v37
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v63 = tl.zeros((C, C), DTYPE)
     v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v63_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v63_xA = local_7 * v63_A
-    for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v63_start = v63_k * BC
-        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
-        v63 += v63_rows[:, None] * tl.dot((v63_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v63_p = v63_r + v63_j
-        v63_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v63_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v63_d = tl.sum(local_7 * v63_y * tl.exp(tl.minimum(v52 - v63_b, 0.0)), axis=1)
-        v63 += tl.where(tl.arange(0, C)[None, :] == v63_p[:, None], v63_d[:, None], 0.0)
+    v63 = tl.zeros((C, C), DTYPE)
+    for v63_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v63_c = v63_cb + tl.arange(0, BK)
+        v63_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v63_c[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + v63_r[:, None] * BV + v63_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v63_xA = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + v63_c[None, :]) * v63_A
+        for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v63_start = v63_k * BC
+            v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + v63_start * BV + v63_c)[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v63_c[None, :]), 0.0)), 0.0)
+            v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
+            v63 += v63_rows[:, None] * tl.dot((v63_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + v63_c[None, :]) * v63_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63_xw = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + v63_c[None, :])
+        v63_aw = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v63_c[None, :])
+        for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v63_p = v63_r + v63_j
+            v63_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + C * BV + v63_p[:, None] * BV + v63_c[None, :])
+            v63_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + v63_p[:, None] * BV + v63_c[None, :])
+            v63_d = tl.sum(v63_xw * v63_y * tl.exp(tl.minimum(v63_aw - v63_b, 0.0)), axis=1)
+            v63 += tl.where(tl.arange(0, C)[None, :] == v63_p[:, None], v63_d[:, None], 0.0)
     v63 = v63 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -3753,7 +3843,7 @@ def chunk_grad_q_4_bwd_kernel(
         v54 = v27
         tl.store(scratch + HID * D + 5 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3791,7 +3881,7 @@ def chunk_grad_q_4_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v70 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v71 += (tl.dot(v70.to(DOT_DTYPE), w1.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v70).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v40 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v72 = (v40 * v71)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v72.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -3829,21 +3919,21 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 13 * C * D + C * BV + 4 * C * C)  # v15, v26, v21, v51, v67, v68, v87, v61, v73, v83, v117, v57, v49, v58, v128, v132, v138, v52, local_4, v139, q, causal, v39, v45, v46, v44, v65, v50, v63, v126, v48, v53, v130, v140, v142
+    scratch = scratch_ptr + slot * (4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 14 * C * D + 2 * C * BV + 4 * C * C)  # v15, v26, v21, v51, v67, v68, v87, v61, v73, v83, v117, v57, v49, v58, v128, v132, v138, q, v52, local_7, local_4, v139, causal, v140, v39, v45, v46, v44, v65, v50, v63, v126, v48, v53, v130, v140, v142
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v38 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v39 = tl.cumsum(v38, axis=0, reverse=False)
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v39)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v39)  # park
     v41 = (v39 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v42 = tl.sum((v41), axis=0)
     v40 = v39
     v43 = (v37[:, None] * tl.exp((v42[None, :] - v40)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v45 = gate_eta
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
     v46 = (v43 * v45)
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v46)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v46)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3872,21 +3962,21 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v39_rows = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v39_rows = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v44_rows = tl.exp(v39_rows)  # cumulative decay in the chunk
-        tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v44_rows)  # park
+        tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v44_rows)  # park
         v65_rows = (v44_rows * tl.where(offs_rb == nv - 1, 1.0, 0.0)[:, None])
-        tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v65_rows)  # park
+        tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v65_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v65 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v65 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v66 = tl.sum((v65), axis=0)
     v50 = k
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v46 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = (v46 * v50)
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v63)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v63)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3904,7 +3994,7 @@ def chunk_grad_k_0_bwd_kernel(
         v67 = (v66[None, :] * w1)
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_h[:, None] * D + offs_i[None, :], v67)
     tl.debug_barrier()
-    v63 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 8 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v63 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v75 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4014,9 +4104,9 @@ def chunk_grad_k_0_bwd_kernel(
         v124 = ((-1.0) * v123)
         v51 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v125 += tl.dot(v51.to(DOT_DTYPE), v124.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v46 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v46 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v126 = (v46 * v125)
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 9 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v126)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v126)  # park
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4028,65 +4118,76 @@ def chunk_grad_k_0_bwd_kernel(
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v44_rows = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 5 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v44_rows = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         v47_rows = ((-1.0) + v44_rows)
         v48_rows = (q_rows * v47_rows)
-        tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v48_rows)  # park
+        tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v48_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v45 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v50 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 7 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v52 = (v50 * v45)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v39 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v40 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v52)
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v52)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v53 = tl.zeros((C, C), DTYPE)
     v53_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v53_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + v53_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v53_xA = q * v53_A
-    for v53_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v53_start = v53_k * BC
-        v53_B = tl.where(tl.arange(0, C)[:, None] < v53_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + v53_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v53_rows = tl.where(tl.arange(0, C) // BC == v53_k, 1.0, 0.0)
-        v53 += v53_rows[:, None] * tl.dot((v53_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v53_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v53_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v53_p = v53_r + v53_j
-        v53_y = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + v53_p[:, None] * D + tl.arange(0, D)[None, :])
-        v53_b = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + v53_p[:, None] * D + tl.arange(0, D)[None, :])
-        v53_d = tl.sum(q * v53_y * tl.exp(tl.minimum(v39 - v53_b, 0.0)), axis=1)
-        v53 += tl.where(tl.arange(0, C)[None, :] == v53_p[:, None], v53_d[:, None], 0.0)
+    v53 = tl.zeros((C, C), DTYPE)
+    for v53_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v53_c = v53_cb + tl.arange(0, BK)
+        v53_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v53_c[None, :]) - tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * BV + 2 * C * C + v53_r[:, None] * D + v53_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v53_xA = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + tl.arange(0, C)[:, None] * D + v53_c[None, :]) * v53_A
+        for v53_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v53_start = v53_k * BC
+            v53_B = tl.where(tl.arange(0, C)[:, None] < v53_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * BV + 2 * C * C + v53_start * D + v53_c)[None, :] - tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v53_c[None, :]), 0.0)), 0.0)
+            v53_rows = tl.where(tl.arange(0, C) // BC == v53_k, 1.0, 0.0)
+            v53 += v53_rows[:, None] * tl.dot((v53_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * D + v53_c[None, :]) * v53_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v53_xw = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + tl.arange(0, C)[:, None] * D + v53_c[None, :])
+        v53_aw = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v53_c[None, :])
+        for v53_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v53_p = v53_r + v53_j
+            v53_y = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v53_p[:, None] * D + v53_c[None, :])
+            v53_b = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * BV + 2 * C * C + v53_p[:, None] * D + v53_c[None, :])
+            v53_d = tl.sum(v53_xw * v53_y * tl.exp(tl.minimum(v53_aw - v53_b, 0.0)), axis=1)
+            v53 += tl.where(tl.arange(0, C)[None, :] == v53_p[:, None], v53_d[:, None], 0.0)
     v53 = v53 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 12 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
+    tl.debug_barrier()  # parked tiles other threads stored
+    v39 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v59 = v39
+    v40 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v60 = v40
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v130 = tl.zeros((C, C), DTYPE)
     v130_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v130_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + v130_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v130_xA = local_7 * v130_A
-    for v130_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v130_start = v130_k * BC
-        v130_B = tl.where(tl.arange(0, C)[:, None] < v130_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + v130_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v130_rows = tl.where(tl.arange(0, C) // BC == v130_k, 1.0, 0.0)
-        v130 += v130_rows[:, None] * tl.dot((v130_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v130_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v130_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v130_p = v130_r + v130_j
-        v130_y = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + v130_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v130_b = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + v130_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v130_d = tl.sum(local_7 * v130_y * tl.exp(tl.minimum(v59 - v130_b, 0.0)), axis=1)
-        v130 += tl.where(tl.arange(0, C)[None, :] == v130_p[:, None], v130_d[:, None], 0.0)
+    v130 = tl.zeros((C, C), DTYPE)
+    for v130_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v130_c = v130_cb + tl.arange(0, BK)
+        v130_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v130_c[None, :]) - tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * BV + 2 * C * C + v130_r[:, None] * BV + v130_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v130_xA = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v130_c[None, :]) * v130_A
+        for v130_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v130_start = v130_k * BC
+            v130_B = tl.where(tl.arange(0, C)[:, None] < v130_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * BV + 2 * C * C + v130_start * BV + v130_c)[None, :] - tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v130_c[None, :]), 0.0)), 0.0)
+            v130_rows = tl.where(tl.arange(0, C) // BC == v130_k, 1.0, 0.0)
+            v130 += v130_rows[:, None] * tl.dot((v130_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v130_c[None, :]) * v130_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v130_xw = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v130_c[None, :])
+        v130_aw = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v130_c[None, :])
+        for v130_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v130_p = v130_r + v130_j
+            v130_y = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + v130_p[:, None] * BV + v130_c[None, :])
+            v130_b = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * BV + 2 * C * C + v130_p[:, None] * BV + v130_c[None, :])
+            v130_d = tl.sum(v130_xw * v130_y * tl.exp(tl.minimum(v130_aw - v130_b, 0.0)), axis=1)
+            v130 += tl.where(tl.arange(0, C)[None, :] == v130_p[:, None], v130_d[:, None], 0.0)
     v130 = v130 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v130)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 12 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v130)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -4097,7 +4198,7 @@ def chunk_grad_k_0_bwd_kernel(
         v57 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 4 * HID * D + 3 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4107,7 +4208,7 @@ def chunk_grad_k_0_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v53 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 12 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4128,7 +4229,7 @@ def chunk_grad_k_0_bwd_kernel(
         v128 = (tl.dot(local_6.to(DOT_DTYPE), v21.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(v21).to(DOT_DTYPE), tl.trans(local_6).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
         tl.store(scratch + 4 * HID * D + 6 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :], v128)
     tl.debug_barrier()
-    v130 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v130 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 12 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4159,43 +4260,44 @@ def chunk_grad_k_0_bwd_kernel(
         v51 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v138 = tl.load(scratch + 4 * HID * D + 8 * C * HID + 3 * BV * HID + HID + offs_t[:, None] * HID + offs_h[None, :])
         v139 += (tl.dot(v138.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v138).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v39 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v40 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v139)
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v139)
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + 2 * C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v140 = tl.zeros((C, D), DTYPE)
     v140_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v140_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + v140_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v140_yA = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v140_A
-    for v140_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v140_start = v140_k * BC
-        v140_B = tl.where(tl.arange(0, C)[:, None] < v140_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + v140_start * D + tl.arange(0, D))[None, :] - v40, 0.0)), 0.0)
-        v140_rows = tl.where(tl.arange(0, C) // BC == v140_k, 1.0, 0.0)
-        v140 += v140_B * tl.dot(tl.trans((tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v140_rows[:, None])).to(DOT_DTYPE), (v140_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v140_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v140_p = v140_r + v140_j
-        v140_x = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + C * BV + v140_p * C + tl.arange(0, C))
-        v140_y = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + C * D + C * BV + C * C + v140_p[:, None] * D + tl.arange(0, D)[None, :])
-        v140_m = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + C * C + v140_p * C + tl.arange(0, C))
-        v140_a = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + C * BV + 2 * C * C + v140_p[:, None] * D + tl.arange(0, D)[None, :])
-        v140 += v140_x[:, None] * v140_y * v140_m[:, None] * tl.exp(tl.minimum(v140_a - v40, 0.0))
+    for v140_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v140_c = v140_cb + tl.arange(0, BK)
+        v140_block = tl.zeros((C, BK), DTYPE)
+        v140_A = tl.exp(tl.minimum(tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v140_c[None, :]) - tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * BV + 2 * C * C + v140_r[:, None] * D + v140_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v140_yA = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + tl.arange(0, C)[:, None] * D + v140_c[None, :]) * v140_A
+        for v140_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v140_start = v140_k * BC
+            v140_B = tl.where(tl.arange(0, C)[:, None] < v140_start, tl.exp(tl.minimum(tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * BV + 2 * C * C + v140_start * D + v140_c)[None, :] - tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v140_c[None, :]), 0.0)), 0.0)
+            v140_rows = tl.where(tl.arange(0, C) // BC == v140_k, 1.0, 0.0)
+            v140_block += v140_B * tl.dot(tl.trans((tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v140_rows[:, None])).to(DOT_DTYPE), (v140_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v140_bw = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v140_c[None, :])
+        for v140_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v140_p = v140_r + v140_j
+            v140_x = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + 2 * C * BV + v140_p * C + tl.arange(0, C))
+            v140_y = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + v140_p[:, None] * D + v140_c[None, :])
+            v140_m = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + 2 * C * BV + C * C + v140_p * C + tl.arange(0, C))
+            v140_a = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + 2 * C * BV + 2 * C * C + v140_p[:, None] * D + v140_c[None, :])
+            v140_block += v140_x[:, None] * v140_y * v140_m[:, None] * tl.exp(tl.minimum(v140_a - v140_bw, 0.0))
+        tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v140_c[None, :], v140_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v140 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :], v140)  # park
+    tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 12 * C * D + 2 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :], v140)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v45_rows = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 3 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
-        v126_rows = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 9 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
-        v140_rows = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 11 * C * D + C * BV + 4 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v45_rows = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 4 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v126_rows = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 10 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v140_rows = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 12 * C * D + 2 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         v141_rows = (v45_rows * v140_rows)
         v142_rows = (v126_rows + v141_rows)
-        tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 12 * C * D + C * BV + 4 * C * C + offs_rb[:, None] * D + offs_i[None, :], v142_rows)  # park
+        tl.store(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 13 * C * D + 2 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_i[None, :], v142_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v142 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 12 * C * D + C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v142 = tl.load(scratch + 4 * HID * D + 9 * C * HID + 3 * BV * HID + HID + 13 * C * D + 2 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v143 = v142
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v143.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -4233,26 +4335,26 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v136, v147, v56, v51, v144, v159, v171
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 7 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, q, v55, local_7, local_4, v42, v48, v49, v53, v66, v47, v72, v136, v147, v56, v51, v144, v159, v171
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v42 = tl.cumsum(v41, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = (v42 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v45 = tl.sum((v44), axis=0)
     v43 = v42
     v46 = (v40[:, None] * tl.exp((v45[None, :] - v43)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v48 = gate_eta
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v49 = (v46 * v48)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v53 = k
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v66 = (v49 * v53)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4280,9 +4382,9 @@ def chunk_grad_k_1_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4296,10 +4398,10 @@ def chunk_grad_k_1_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v69 = tl.sum((v68), axis=0)
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4394,9 +4496,9 @@ def chunk_grad_k_1_bwd_kernel(
     v125_c0 = (tl.sqrt(v85))
     v125 = ((-0.5) * v124 / (v125_c0 * ((tl.full((), 1e-06, DTYPE) + v125_c0) * (tl.full((), 1e-06, DTYPE) + v125_c0))))
     v126 = (v125 / (D * HID))
-    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = v49
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
     v136 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4409,18 +4511,18 @@ def chunk_grad_k_1_bwd_kernel(
         v135 = ((-1.0) * v134)
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v136)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v136)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v72_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v136_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v72_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v136_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v137_rows = (v72_rows * v136_rows)
         local_8_rows = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v147_rows = (v137_rows + local_8_rows)
-        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v147_rows)  # park
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v147_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v147 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v148 = v147
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4440,46 +4542,49 @@ def chunk_grad_k_1_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v56_xA = q * v56_A
-    for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v56_p = v56_r + v56_j
-        v56_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v42 - v56_b, 0.0)), axis=1)
-        v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
+    v56 = tl.zeros((C, C), DTYPE)
+    for v56_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v56_c = v56_cb + tl.arange(0, BK)
+        v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v56_c[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v56_r[:, None] * D + v56_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v56_xA = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + v56_c[None, :]) * v56_A
+        for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v56_start = v56_k * BC
+            v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v56_start * D + v56_c)[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v56_c[None, :]), 0.0)), 0.0)
+            v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
+            v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + v56_c[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56_xw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + v56_c[None, :])
+        v56_aw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v56_c[None, :])
+        for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v56_p = v56_r + v56_j
+            v56_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_p[:, None] * D + v56_c[None, :])
+            v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v56_p[:, None] * D + v56_c[None, :])
+            v56_d = tl.sum(v56_xw * v56_y * tl.exp(tl.minimum(v56_aw - v56_b, 0.0)), axis=1)
+            v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v47_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v47_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v50_rows = ((-1.0) + v47_rows)
         v51_rows = (q_rows * v50_rows)
-        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v51_rows)  # park
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v51_rows)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4492,7 +4597,7 @@ def chunk_grad_k_1_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4500,7 +4605,7 @@ def chunk_grad_k_1_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4515,32 +4620,37 @@ def chunk_grad_k_1_bwd_kernel(
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v62 = v42
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v144 = tl.zeros((C, C), DTYPE)
     v144_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v144_xA = local_7 * v144_A
-    for v144_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v144_start = v144_k * BC
-        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v144_rows = tl.where(tl.arange(0, C) // BC == v144_k, 1.0, 0.0)
-        v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v144_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v144_p = v144_r + v144_j
-        v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v144_d = tl.sum(local_7 * v144_y * tl.exp(tl.minimum(v62 - v144_b, 0.0)), axis=1)
-        v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
+    v144 = tl.zeros((C, C), DTYPE)
+    for v144_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v144_c = v144_cb + tl.arange(0, BK)
+        v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v144_r[:, None] * BV + v144_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v144_xA = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v144_c[None, :]) * v144_A
+        for v144_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v144_start = v144_k * BC
+            v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v144_start * BV + v144_c)[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :]), 0.0)), 0.0)
+            v144_rows = tl.where(tl.arange(0, C) // BC == v144_k, 1.0, 0.0)
+            v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v144_xw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v144_c[None, :])
+        v144_aw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :])
+        for v144_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v144_p = v144_r + v144_j
+            v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + v144_p[:, None] * BV + v144_c[None, :])
+            v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v144_p[:, None] * BV + v144_c[None, :])
+            v144_d = tl.sum(v144_xw * v144_y * tl.exp(tl.minimum(v144_aw - v144_b, 0.0)), axis=1)
+            v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -4557,7 +4667,7 @@ def chunk_grad_k_1_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4589,7 +4699,7 @@ def chunk_grad_k_1_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4610,13 +4720,13 @@ def chunk_grad_k_1_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v148_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v159_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v148_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v159_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
         v160_rows = (v148_rows + v159_rows)
         v161_rows = tl.sum((v160_rows), axis=1)
         v162_rows = (v161_rows / (D))
@@ -4636,9 +4746,9 @@ def chunk_grad_k_1_bwd_kernel(
         v171_rows_c0 = (local_1_rows * local_1_rows)
         v171_rows_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v171_rows_c0)))
         v171_rows = (v170_rows * ((3.0 * v171_rows_c1) + (3.0 * v171_rows_c0 / (v171_rows_c1))))
-        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v171_rows)  # park
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v171_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v171 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v171 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v172 = v171
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v172.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -4676,26 +4786,26 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 2 * C * C)  # v15, v26, v21, v38, v57, v75, v95, v96, v68, v81, v91, v126, v139, v132, v145, v60, v61, v64, v151, v147, v162, v165, v167, v198, v142, v65, v201, v58, local_4, v45, v51, v52, v56, v70, v50, v76, v140, v153, v59, v54, v149, v168, v197
+    scratch = scratch_ptr + slot * (3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 7 * C * BV + 2 * C * C)  # v15, v26, v21, v38, v57, v75, v95, v96, v68, v81, v91, v126, v139, v132, v145, v60, v61, v64, v151, v147, v162, v165, v167, v198, v142, v65, v201, q, v58, local_7, local_4, v45, v51, v52, v56, v70, v50, v76, v140, v153, v59, v54, v149, v168, v197
     v43 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v44 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v45 = tl.cumsum(v44, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v45)  # park
     v47 = (v45 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v48 = tl.sum((v47), axis=0)
     v46 = v45
     v49 = (v43[:, None] * tl.exp((v48[None, :] - v46)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v51 = gate_eta
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v51)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v51)  # park
     v52 = (v49 * v51)
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v52)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v52)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v56 = k
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v56)  # park
     v70 = (v52 * v56)
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v70)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v70)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4723,9 +4833,9 @@ def chunk_grad_k_2_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v45 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v50 = tl.exp(v45)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v50)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4740,10 +4850,10 @@ def chunk_grad_k_2_bwd_kernel(
         v57 = v39
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v50 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v50 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v72 = (v50 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v73 = tl.sum((v72), axis=0)
-    v70 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v70 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v83 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4838,9 +4948,9 @@ def chunk_grad_k_2_bwd_kernel(
     v129_c0 = (tl.sqrt(v89))
     v129 = ((-0.5) * v128 / (v129_c0 * ((tl.full((), 1e-06, DTYPE) + v129_c0) * (tl.full((), 1e-06, DTYPE) + v129_c0))))
     v130 = (v129 / (D * HID))
-    v52 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v52 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v76 = v52
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v76)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v76)  # park
     v140 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4855,18 +4965,18 @@ def chunk_grad_k_2_bwd_kernel(
         v68 = tl.load(scratch + 2 * HID * D + 3 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v140 += tl.dot(v68.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v140)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v140)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v76_rows = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v140_rows = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v76_rows = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v140_rows = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v141_rows = (v76_rows * v140_rows)
         local_8_rows = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v153_rows = (v141_rows + local_8_rows)
-        tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v153_rows)  # park
+        tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v153_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v153 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v153 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v154 = v153
     v134 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4886,46 +4996,49 @@ def chunk_grad_k_2_bwd_kernel(
         v133 = (v125 * (v75 * v75) * tl.abs(v75) * tl.where(v75 > 0, 1.0, tl.where(v75 < 0, -1.0, 0.0)))
         v134 += tl.sum(tl.sum((v133), axis=1), axis=0)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v56 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v58 = (v56 * v51)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v45 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v46 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v58)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v59 = tl.zeros((C, C), DTYPE)
     v59_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v59_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + v59_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v59_xA = q * v59_A
-    for v59_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v59_start = v59_k * BC
-        v59_B = tl.where(tl.arange(0, C)[:, None] < v59_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + v59_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v59_rows = tl.where(tl.arange(0, C) // BC == v59_k, 1.0, 0.0)
-        v59 += v59_rows[:, None] * tl.dot((v59_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v59_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v59_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v59_p = v59_r + v59_j
-        v59_y = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + v59_p[:, None] * D + tl.arange(0, D)[None, :])
-        v59_b = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + v59_p[:, None] * D + tl.arange(0, D)[None, :])
-        v59_d = tl.sum(q * v59_y * tl.exp(tl.minimum(v45 - v59_b, 0.0)), axis=1)
-        v59 += tl.where(tl.arange(0, C)[None, :] == v59_p[:, None], v59_d[:, None], 0.0)
+    v59 = tl.zeros((C, C), DTYPE)
+    for v59_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v59_c = v59_cb + tl.arange(0, BK)
+        v59_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v59_c[None, :]) - tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v59_r[:, None] * D + v59_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v59_xA = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + v59_c[None, :]) * v59_A
+        for v59_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v59_start = v59_k * BC
+            v59_B = tl.where(tl.arange(0, C)[:, None] < v59_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v59_start * D + v59_c)[None, :] - tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v59_c[None, :]), 0.0)), 0.0)
+            v59_rows = tl.where(tl.arange(0, C) // BC == v59_k, 1.0, 0.0)
+            v59 += v59_rows[:, None] * tl.dot((v59_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + v59_c[None, :]) * v59_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v59_xw = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + v59_c[None, :])
+        v59_aw = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v59_c[None, :])
+        for v59_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v59_p = v59_r + v59_j
+            v59_y = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + v59_p[:, None] * D + v59_c[None, :])
+            v59_b = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v59_p[:, None] * D + v59_c[None, :])
+            v59_d = tl.sum(v59_xw * v59_y * tl.exp(tl.minimum(v59_aw - v59_b, 0.0)), axis=1)
+            v59 += tl.where(tl.arange(0, C)[None, :] == v59_p[:, None], v59_d[:, None], 0.0)
     v59 = v59 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v59)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v59)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v50_rows = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v50_rows = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v53_rows = ((-1.0) + v50_rows)
         v54_rows = (q_rows * v53_rows)
-        tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v54_rows)  # park
+        tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v54_rows)  # park
     v135_c0 = (tl.sqrt(v84))
     v135 = ((-0.5) * v134 / (v135_c0 * ((tl.full((), 1e-06, DTYPE) + v135_c0) * (tl.full((), 1e-06, DTYPE) + v135_c0))))
     v136 = (v135 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v70 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v70 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4938,7 +5051,7 @@ def chunk_grad_k_2_bwd_kernel(
         v145 = tl.dot(v70.to(DOT_DTYPE), tl.trans(v144).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 5 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v145)
     tl.debug_barrier()
-    v59 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v59 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4946,7 +5059,7 @@ def chunk_grad_k_2_bwd_kernel(
         v60 = tl.dot(v59.to(DOT_DTYPE), v57.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 5 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v60)
     tl.debug_barrier()
-    v54 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v54 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4961,32 +5074,37 @@ def chunk_grad_k_2_bwd_kernel(
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v45 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v66 = v45
-    v46 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v46 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v67 = v46
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v149 = tl.zeros((C, C), DTYPE)
     v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v149_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v149_xA = local_7 * v149_A
-    for v149_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v149_start = v149_k * BC
-        v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + v149_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v149_rows = tl.where(tl.arange(0, C) // BC == v149_k, 1.0, 0.0)
-        v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v149_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v149_p = v149_r + v149_j
-        v149_y = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v149_b = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + C * D + C * BV + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v149_d = tl.sum(local_7 * v149_y * tl.exp(tl.minimum(v66 - v149_b, 0.0)), axis=1)
-        v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
+    v149 = tl.zeros((C, C), DTYPE)
+    for v149_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v149_c = v149_cb + tl.arange(0, BK)
+        v149_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v149_c[None, :]) - tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v149_r[:, None] * BV + v149_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v149_xA = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v149_c[None, :]) * v149_A
+        for v149_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v149_start = v149_k * BC
+            v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v149_start * BV + v149_c)[None, :] - tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v149_c[None, :]), 0.0)), 0.0)
+            v149_rows = tl.where(tl.arange(0, C) // BC == v149_k, 1.0, 0.0)
+            v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v149_c[None, :]) * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v149_xw = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v149_c[None, :])
+        v149_aw = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v149_c[None, :])
+        for v149_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v149_p = v149_r + v149_j
+            v149_y = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + C * BV + v149_p[:, None] * BV + v149_c[None, :])
+            v149_b = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v149_p[:, None] * BV + v149_c[None, :])
+            v149_d = tl.sum(v149_xw * v149_y * tl.exp(tl.minimum(v149_aw - v149_b, 0.0)), axis=1)
+            v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
     v149 = v149 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v149)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v149)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -5003,7 +5121,7 @@ def chunk_grad_k_2_bwd_kernel(
         v64 = (v63 + v62)
         tl.store(scratch + 3 * HID * D + 7 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v64)
     tl.debug_barrier()
-    v149 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v149 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5035,7 +5153,7 @@ def chunk_grad_k_2_bwd_kernel(
         v162 = ((-1.0) * v161)
         tl.store(scratch + 3 * HID * D + 10 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v162)
     tl.debug_barrier()
-    v59 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v59 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5057,13 +5175,13 @@ def chunk_grad_k_2_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v167 = tl.load(scratch + 3 * HID * D + 12 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v168 += (tl.dot(v167.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v167).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v168)  # park
+    tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v168)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v154_rows = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v168_rows = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v154_rows = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v168_rows = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
         v169_rows = (v154_rows + v168_rows)
         v170_rows = tl.sum((v169_rows), axis=1)
         v171_rows = (v170_rows / (D))
@@ -5104,9 +5222,9 @@ def chunk_grad_k_2_bwd_kernel(
         v195_rows = tl.sum((v194_rows), axis=1)
         v196_rows = (v195_rows / (D))
         v197_rows = (v193_rows + v196_rows[:, None])
-        tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v197_rows)  # park
+        tl.store(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v197_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v197 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v197 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5126,7 +5244,7 @@ def chunk_grad_k_2_bwd_kernel(
         v65 = (v65_c0 * (1.0 + tl.math.erf((v65_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 3 * HID * D + 15 * C * HID + 5 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v65)
     tl.debug_barrier()
-    v149 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v149 = tl.load(scratch + 3 * HID * D + 17 * C * HID + 5 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5193,26 +5311,26 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v136, v147, v56, v51, v144, v159, v169
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 7 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, q, v55, local_7, local_4, v42, v48, v49, v53, v66, v47, v72, v136, v147, v56, v51, v144, v159, v169
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v42 = tl.cumsum(v41, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = (v42 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v45 = tl.sum((v44), axis=0)
     v43 = v42
     v46 = (v40[:, None] * tl.exp((v45[None, :] - v43)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v48 = gate_eta
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v49 = (v46 * v48)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v53 = k
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v66 = (v49 * v53)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5240,9 +5358,9 @@ def chunk_grad_v_0_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5256,10 +5374,10 @@ def chunk_grad_v_0_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v69 = tl.sum((v68), axis=0)
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5354,9 +5472,9 @@ def chunk_grad_v_0_bwd_kernel(
     v125_c0 = (tl.sqrt(v85))
     v125 = ((-0.5) * v124 / (v125_c0 * ((tl.full((), 1e-06, DTYPE) + v125_c0) * (tl.full((), 1e-06, DTYPE) + v125_c0))))
     v126 = (v125 / (D * HID))
-    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = v49
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
     v136 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5369,18 +5487,18 @@ def chunk_grad_v_0_bwd_kernel(
         v135 = ((-1.0) * v134)
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v136)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v136)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v72_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v136_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v72_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v136_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v137_rows = (v72_rows * v136_rows)
         local_8_rows = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v147_rows = (v137_rows + local_8_rows)
-        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v147_rows)  # park
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v147_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v147 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v148 = v147
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5400,46 +5518,49 @@ def chunk_grad_v_0_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v56_xA = q * v56_A
-    for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v56_p = v56_r + v56_j
-        v56_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v42 - v56_b, 0.0)), axis=1)
-        v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
+    v56 = tl.zeros((C, C), DTYPE)
+    for v56_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v56_c = v56_cb + tl.arange(0, BK)
+        v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v56_c[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v56_r[:, None] * D + v56_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v56_xA = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + v56_c[None, :]) * v56_A
+        for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v56_start = v56_k * BC
+            v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v56_start * D + v56_c)[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v56_c[None, :]), 0.0)), 0.0)
+            v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
+            v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + v56_c[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56_xw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + v56_c[None, :])
+        v56_aw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v56_c[None, :])
+        for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v56_p = v56_r + v56_j
+            v56_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_p[:, None] * D + v56_c[None, :])
+            v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v56_p[:, None] * D + v56_c[None, :])
+            v56_d = tl.sum(v56_xw * v56_y * tl.exp(tl.minimum(v56_aw - v56_b, 0.0)), axis=1)
+            v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v47_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v47_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v50_rows = ((-1.0) + v47_rows)
         v51_rows = (q_rows * v50_rows)
-        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v51_rows)  # park
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v51_rows)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5452,7 +5573,7 @@ def chunk_grad_v_0_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5460,7 +5581,7 @@ def chunk_grad_v_0_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5475,32 +5596,37 @@ def chunk_grad_v_0_bwd_kernel(
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v62 = v42
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v144 = tl.zeros((C, C), DTYPE)
     v144_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v144_xA = local_7 * v144_A
-    for v144_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v144_start = v144_k * BC
-        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v144_rows = tl.where(tl.arange(0, C) // BC == v144_k, 1.0, 0.0)
-        v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v144_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v144_p = v144_r + v144_j
-        v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v144_d = tl.sum(local_7 * v144_y * tl.exp(tl.minimum(v62 - v144_b, 0.0)), axis=1)
-        v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
+    v144 = tl.zeros((C, C), DTYPE)
+    for v144_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v144_c = v144_cb + tl.arange(0, BK)
+        v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v144_r[:, None] * BV + v144_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v144_xA = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v144_c[None, :]) * v144_A
+        for v144_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v144_start = v144_k * BC
+            v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v144_start * BV + v144_c)[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :]), 0.0)), 0.0)
+            v144_rows = tl.where(tl.arange(0, C) // BC == v144_k, 1.0, 0.0)
+            v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v144_xw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v144_c[None, :])
+        v144_aw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :])
+        for v144_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v144_p = v144_r + v144_j
+            v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + v144_p[:, None] * BV + v144_c[None, :])
+            v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v144_p[:, None] * BV + v144_c[None, :])
+            v144_d = tl.sum(v144_xw * v144_y * tl.exp(tl.minimum(v144_aw - v144_b, 0.0)), axis=1)
+            v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -5517,7 +5643,7 @@ def chunk_grad_v_0_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5549,7 +5675,7 @@ def chunk_grad_v_0_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5570,13 +5696,13 @@ def chunk_grad_v_0_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v148_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v159_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v148_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v159_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
         v160_rows = (v148_rows + v159_rows)
         v161_rows = tl.sum((v160_rows), axis=1)
         v162_rows = (v161_rows / (D))
@@ -5594,9 +5720,9 @@ def chunk_grad_v_0_bwd_kernel(
         v169_rows_c0 = (local_1_rows * local_1_rows)
         v169_rows_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v169_rows_c0)))
         v169_rows = (v168_rows * ((3.0 * v169_rows_c1) + (3.0 * v169_rows_c0 / (v169_rows_c1))))
-        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v169_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v169 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v169 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v170 = ((-1.0) * v169)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v170.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -5634,26 +5760,26 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v136, v147, v56, v51, v144, v159, v166
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 7 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, q, v55, local_7, local_4, v42, v48, v49, v53, v66, v47, v72, v136, v147, v56, v51, v144, v159, v166
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v42 = tl.cumsum(v41, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = (v42 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v45 = tl.sum((v44), axis=0)
     v43 = v42
     v46 = (v40[:, None] * tl.exp((v45[None, :] - v43)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v48 = gate_eta
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v49 = (v46 * v48)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v53 = k
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v66 = (v49 * v53)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5681,9 +5807,9 @@ def chunk_grad_v_1_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5697,10 +5823,10 @@ def chunk_grad_v_1_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v69 = tl.sum((v68), axis=0)
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5795,9 +5921,9 @@ def chunk_grad_v_1_bwd_kernel(
     v125_c0 = (tl.sqrt(v85))
     v125 = ((-0.5) * v124 / (v125_c0 * ((tl.full((), 1e-06, DTYPE) + v125_c0) * (tl.full((), 1e-06, DTYPE) + v125_c0))))
     v126 = (v125 / (D * HID))
-    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = v49
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
     v136 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5810,18 +5936,18 @@ def chunk_grad_v_1_bwd_kernel(
         v135 = ((-1.0) * v134)
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v136)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v136)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v72_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v136_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v72_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v136_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v137_rows = (v72_rows * v136_rows)
         local_8_rows = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v147_rows = (v137_rows + local_8_rows)
-        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v147_rows)  # park
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v147_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v147 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v148 = v147
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5841,46 +5967,49 @@ def chunk_grad_v_1_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v56_xA = q * v56_A
-    for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v56_p = v56_r + v56_j
-        v56_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v42 - v56_b, 0.0)), axis=1)
-        v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
+    v56 = tl.zeros((C, C), DTYPE)
+    for v56_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v56_c = v56_cb + tl.arange(0, BK)
+        v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v56_c[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v56_r[:, None] * D + v56_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v56_xA = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + v56_c[None, :]) * v56_A
+        for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v56_start = v56_k * BC
+            v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v56_start * D + v56_c)[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v56_c[None, :]), 0.0)), 0.0)
+            v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
+            v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + v56_c[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56_xw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + v56_c[None, :])
+        v56_aw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v56_c[None, :])
+        for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v56_p = v56_r + v56_j
+            v56_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_p[:, None] * D + v56_c[None, :])
+            v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v56_p[:, None] * D + v56_c[None, :])
+            v56_d = tl.sum(v56_xw * v56_y * tl.exp(tl.minimum(v56_aw - v56_b, 0.0)), axis=1)
+            v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v47_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v47_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v50_rows = ((-1.0) + v47_rows)
         v51_rows = (q_rows * v50_rows)
-        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v51_rows)  # park
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v51_rows)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5893,7 +6022,7 @@ def chunk_grad_v_1_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5901,7 +6030,7 @@ def chunk_grad_v_1_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5916,32 +6045,37 @@ def chunk_grad_v_1_bwd_kernel(
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v62 = v42
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v144 = tl.zeros((C, C), DTYPE)
     v144_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v144_xA = local_7 * v144_A
-    for v144_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v144_start = v144_k * BC
-        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v144_rows = tl.where(tl.arange(0, C) // BC == v144_k, 1.0, 0.0)
-        v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v144_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v144_p = v144_r + v144_j
-        v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v144_d = tl.sum(local_7 * v144_y * tl.exp(tl.minimum(v62 - v144_b, 0.0)), axis=1)
-        v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
+    v144 = tl.zeros((C, C), DTYPE)
+    for v144_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v144_c = v144_cb + tl.arange(0, BK)
+        v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v144_r[:, None] * BV + v144_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v144_xA = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v144_c[None, :]) * v144_A
+        for v144_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v144_start = v144_k * BC
+            v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v144_start * BV + v144_c)[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :]), 0.0)), 0.0)
+            v144_rows = tl.where(tl.arange(0, C) // BC == v144_k, 1.0, 0.0)
+            v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v144_xw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v144_c[None, :])
+        v144_aw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :])
+        for v144_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v144_p = v144_r + v144_j
+            v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + v144_p[:, None] * BV + v144_c[None, :])
+            v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v144_p[:, None] * BV + v144_c[None, :])
+            v144_d = tl.sum(v144_xw * v144_y * tl.exp(tl.minimum(v144_aw - v144_b, 0.0)), axis=1)
+            v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -5958,7 +6092,7 @@ def chunk_grad_v_1_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5990,7 +6124,7 @@ def chunk_grad_v_1_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6011,13 +6145,13 @@ def chunk_grad_v_1_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v148_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v159_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v148_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v159_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
         v160_rows = (v148_rows + v159_rows)
         v161_rows = tl.sum((v160_rows), axis=1)
         v162_rows = (v161_rows / (D))
@@ -6032,9 +6166,9 @@ def chunk_grad_v_1_bwd_kernel(
         v166_rows_c0 = (local_1_rows * local_1_rows)
         v166_rows_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v166_rows_c0)))
         v166_rows = (v165_rows * ((3.0 * v166_rows_c1) + (3.0 * v166_rows_c0 / (v166_rows_c1))))
-        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v166_rows)  # park
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v166_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v166 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v166 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v167 = ((-1.0) * v166)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v167.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -6072,41 +6206,43 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + 3 * C * C + 4 * C * BV + 4 * C * D)  # v15, v26, v44, v47, v48, v52, v55, v56, local_4, causal, v45, v36, v46, v41, v53, v54, v58, v67
+    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + 5 * C * D + 3 * C * C + 5 * C * BV)  # v15, v26, v44, v47, v48, v52, v55, q, v56, local_4, causal, v58, v45, v36, v46, v41, v53, v54, v58, v67
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = gate_eta
     v45 = (v43 * v39)
-    tl.store(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v45)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v35 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v36 = tl.cumsum(v35, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     v37 = v36
-    tl.debug_barrier()  # parked tiles other threads stored
-    v36 = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v45 = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + HID * D + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v46 = tl.zeros((C, C), DTYPE)
     v46_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + v46_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v46_xA = q * v46_A
-    for v46_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v46_start = v46_k * BC
-        v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + v46_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v46_rows = tl.where(tl.arange(0, C) // BC == v46_k, 1.0, 0.0)
-        v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v46_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v46_p = v46_r + v46_j
-        v46_y = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + v46_p[:, None] * D + tl.arange(0, D)[None, :])
-        v46_b = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + v46_p[:, None] * D + tl.arange(0, D)[None, :])
-        v46_d = tl.sum(q * v46_y * tl.exp(tl.minimum(v36 - v46_b, 0.0)), axis=1)
-        v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
+    v46 = tl.zeros((C, C), DTYPE)
+    for v46_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v46_c = v46_cb + tl.arange(0, BK)
+        v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + v46_c[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v46_r[:, None] * D + v46_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v46_xA = tl.load(scratch + HID * D + 6 * C * HID + tl.arange(0, C)[:, None] * D + v46_c[None, :]) * v46_A
+        for v46_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v46_start = v46_k * BC
+            v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v46_start * D + v46_c)[None, :] - tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + v46_c[None, :]), 0.0)), 0.0)
+            v46_rows = tl.where(tl.arange(0, C) // BC == v46_k, 1.0, 0.0)
+            v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 6 * C * HID + C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + v46_c[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v46_xw = tl.load(scratch + HID * D + 6 * C * HID + tl.arange(0, C)[:, None] * D + v46_c[None, :])
+        v46_aw = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + v46_c[None, :])
+        for v46_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v46_p = v46_r + v46_j
+            v46_y = tl.load(scratch + HID * D + 6 * C * HID + C * D + 2 * C * C + 2 * C * BV + v46_p[:, None] * D + v46_c[None, :])
+            v46_b = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v46_p[:, None] * D + v46_c[None, :])
+            v46_d = tl.sum(v46_xw * v46_y * tl.exp(tl.minimum(v46_aw - v46_b, 0.0)), axis=1)
+            v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
     v46 = v46 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6137,12 +6273,12 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v36_rows = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v36_rows = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v38_rows = tl.exp(v36_rows)  # cumulative decay in the chunk
         v40_rows = ((-1.0) + v38_rows)
         v41_rows = (q_rows * v40_rows)
-        tl.store(scratch + HID * D + 6 * C * HID + 3 * C * C + C * BV + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v41_rows)  # park
+        tl.store(scratch + HID * D + 6 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v41_rows)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6156,7 +6292,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v44 = v33
         tl.store(scratch + HID * D + C * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
     tl.debug_barrier()
-    v46 = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6164,7 +6300,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v47 = tl.dot(v46.to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
     tl.debug_barrier()
-    v41 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * C + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6180,13 +6316,13 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v36 = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v53 = v36
-    tl.store(scratch + HID * D + 6 * C * HID + 3 * C * C + C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v54 = v37
-    tl.store(scratch + HID * D + 6 * C * HID + 3 * C * C + 2 * C * BV + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v54)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v54)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6213,41 +6349,45 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v52 = tl.load(scratch + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v55 = tl.load(scratch + HID * D + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v56 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * C + C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v54 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * C + 2 * C * BV + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + HID * D + 6 * C * HID + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v56)
-    tl.store(scratch + HID * D + 6 * C * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
-    tl.store(scratch + HID * D + 6 * C * HID + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + HID * D + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v56)
+    tl.store(scratch + HID * D + 6 * C * HID + C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + HID * D + 6 * C * HID + C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v58 = tl.zeros((C, BV), DTYPE)
     v58_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v58_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + v58_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v58_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v58_start = v58_k * BC
-        v58_B = tl.where(tl.arange(0, C)[:, None] < v58_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + v58_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v58_rows = tl.where(tl.arange(0, C) // BC == v58_k, 1.0, 0.0)
-        v58 += v58_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 6 * C * HID + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 6 * C * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v58_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v58 = v58 * v58_A
-    for v58_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v58_p = v58_r + v58_j
-        v58_x = tl.load(scratch + HID * D + 6 * C * HID + tl.arange(0, C) * C + v58_p)
-        v58_y = tl.load(scratch + HID * D + 6 * C * HID + C * C + v58_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v58_m = tl.load(scratch + HID * D + 6 * C * HID + C * C + C * BV + tl.arange(0, C) * C + v58_p)
-        v58_b = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * C + C * BV + C * D + v58_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v58 += v58_x[:, None] * v58_y * v58_m[:, None] * tl.exp(tl.minimum(v53 - v58_b, 0.0))
+    for v58_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v58_c = v58_cb + tl.arange(0, BK)
+        v58_block = tl.zeros((C, BK), DTYPE)
+        v58_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v58_c[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v58_r[:, None] * BV + v58_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        for v58_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v58_start = v58_k * BC
+            v58_B = tl.where(tl.arange(0, C)[:, None] < v58_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v58_start * BV + v58_c)[None, :] - tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v58_c[None, :]), 0.0)), 0.0)
+            v58_rows = tl.where(tl.arange(0, C) // BC == v58_k, 1.0, 0.0)
+            v58_block += v58_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 6 * C * HID + C * D + C * C + tl.arange(0, C)[:, None] * BV + v58_c[None, :]) * v58_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v58_block = v58_block * v58_A
+        v58_aw = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v58_c[None, :])
+        for v58_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v58_p = v58_r + v58_j
+            v58_x = tl.load(scratch + HID * D + 6 * C * HID + C * D + tl.arange(0, C) * C + v58_p)
+            v58_y = tl.load(scratch + HID * D + 6 * C * HID + C * D + C * C + v58_p[:, None] * BV + v58_c[None, :])
+            v58_m = tl.load(scratch + HID * D + 6 * C * HID + C * D + C * C + C * BV + tl.arange(0, C) * C + v58_p)
+            v58_b = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v58_p[:, None] * BV + v58_c[None, :])
+            v58_block += v58_x[:, None] * v58_y * v58_m[:, None] * tl.exp(tl.minimum(v58_aw - v58_b, 0.0))
+        tl.store(scratch + HID * D + 6 * C * HID + C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + v58_c[None, :], v58_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v58 = tl.load(scratch + HID * D + 6 * C * HID + C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 6 * C * HID + 3 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v58)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v58)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v58_rows = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * C + 3 * C * BV + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v58_rows = tl.load(scratch + HID * D + 6 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         local_7_rows = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v65_rows = (local_7_rows * v58_rows)
         v67_rows = v65_rows
-        tl.store(scratch + HID * D + 6 * C * HID + 3 * C * C + 4 * C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :], v67_rows)  # park
+        tl.store(scratch + HID * D + 6 * C * HID + 4 * C * D + 3 * C * C + 5 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v67_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v67 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * C + 4 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v67 = tl.load(scratch + HID * D + 6 * C * HID + 4 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v69 = tl.cumsum(v67, axis=0, reverse=True)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -6288,13 +6428,13 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 2 * C * BV + 4 * C * C + 3 * C * D)  # v15, v26, v21, v44, v50, v42, v51, v61, v54, v65, v71, local_4, v72, causal, v45, v36, v41, v46, v52, v63
+    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + 4 * C * C)  # v15, v26, v21, v44, v50, v42, v51, v61, v54, v65, v71, q, local_7, local_4, v72, causal, v73, v45, v36, v41, v46, v52, v63
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = gate_eta
     v45 = (v43 * v39)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6342,71 +6482,79 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v35 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v36 = tl.cumsum(v35, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v36_rows = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v36_rows = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         v38_rows = tl.exp(v36_rows)  # cumulative decay in the chunk
         v40_rows = ((-1.0) + v38_rows)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
         v41_rows = (q_rows * v40_rows)
-        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v41_rows)  # park
+        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v41_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v37 = v36
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
-    v45 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v46 = tl.zeros((C, C), DTYPE)
     v46_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + v46_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v46_xA = q * v46_A
-    for v46_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v46_start = v46_k * BC
-        v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + v46_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v46_rows = tl.where(tl.arange(0, C) // BC == v46_k, 1.0, 0.0)
-        v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v46_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v46_p = v46_r + v46_j
-        v46_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + v46_p[:, None] * D + tl.arange(0, D)[None, :])
-        v46_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + v46_p[:, None] * D + tl.arange(0, D)[None, :])
-        v46_d = tl.sum(q * v46_y * tl.exp(tl.minimum(v36 - v46_b, 0.0)), axis=1)
-        v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
+    v46 = tl.zeros((C, C), DTYPE)
+    for v46_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v46_c = v46_cb + tl.arange(0, BK)
+        v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v46_c[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + v46_r[:, None] * D + v46_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v46_xA = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + v46_c[None, :]) * v46_A
+        for v46_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v46_start = v46_k * BC
+            v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + v46_start * D + v46_c)[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v46_c[None, :]), 0.0)), 0.0)
+            v46_rows = tl.where(tl.arange(0, C) // BC == v46_k, 1.0, 0.0)
+            v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v46_c[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v46_xw = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + v46_c[None, :])
+        v46_aw = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v46_c[None, :])
+        for v46_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v46_p = v46_r + v46_j
+            v46_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v46_p[:, None] * D + v46_c[None, :])
+            v46_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + v46_p[:, None] * D + v46_c[None, :])
+            v46_d = tl.sum(v46_xw * v46_y * tl.exp(tl.minimum(v46_aw - v46_b, 0.0)), axis=1)
+            v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
     v46 = v46 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v52 = v36
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v52)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v52)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v53 = v37
-    v52 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v63 = tl.zeros((C, C), DTYPE)
     v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v63_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v63_xA = local_7 * v63_A
-    for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v63_start = v63_k * BC
-        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
-        v63 += v63_rows[:, None] * tl.dot((v63_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v63_p = v63_r + v63_j
-        v63_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v63_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v63_d = tl.sum(local_7 * v63_y * tl.exp(tl.minimum(v52 - v63_b, 0.0)), axis=1)
-        v63 += tl.where(tl.arange(0, C)[None, :] == v63_p[:, None], v63_d[:, None], 0.0)
+    v63 = tl.zeros((C, C), DTYPE)
+    for v63_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v63_c = v63_cb + tl.arange(0, BK)
+        v63_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v63_c[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + v63_r[:, None] * BV + v63_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v63_xA = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + v63_c[None, :]) * v63_A
+        for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v63_start = v63_k * BC
+            v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + v63_start * BV + v63_c)[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v63_c[None, :]), 0.0)), 0.0)
+            v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
+            v63 += v63_rows[:, None] * tl.dot((v63_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + v63_c[None, :]) * v63_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63_xw = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + v63_c[None, :])
+        v63_aw = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v63_c[None, :])
+        for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v63_p = v63_r + v63_j
+            v63_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + C * BV + v63_p[:, None] * BV + v63_c[None, :])
+            v63_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + v63_p[:, None] * BV + v63_c[None, :])
+            v63_d = tl.sum(v63_xw * v63_y * tl.exp(tl.minimum(v63_aw - v63_b, 0.0)), axis=1)
+            v63 += tl.where(tl.arange(0, C)[None, :] == v63_p[:, None], v63_d[:, None], 0.0)
     v63 = v63 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6415,7 +6563,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v50 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
-    v41 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6425,7 +6573,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6451,7 +6599,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v54 = v27
         tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6482,28 +6630,31 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v44 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v71 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v72 += (tl.dot(v71.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v44.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v45 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v72)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v72)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + 2 * C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v73 = tl.zeros((C, D), DTYPE)
     v73_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v73_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + v73_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v73_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v73_start = v73_k * BC
-        v73_B = tl.where(tl.arange(0, C)[:, None] < v73_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + v73_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v73_rows = tl.where(tl.arange(0, C) // BC == v73_k, 1.0, 0.0)
-        v73 += v73_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v73_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v73 = v73 * v73_A
-    for v73_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v73_p = v73_r + v73_j
-        v73_x = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + v73_p[:, None] * D + tl.arange(0, D)[None, :])
-        v73_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + tl.arange(0, C) * C + v73_p)
-        v73_m = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + C * C + tl.arange(0, C) * C + v73_p)
-        v73_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * BV + 2 * C * C + C * D + v73_p[:, None] * D + tl.arange(0, D)[None, :])
-        v73 += v73_x * v73_y[:, None] * v73_m[:, None] * tl.exp(tl.minimum(v36 - v73_b, 0.0))
+    for v73_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v73_c = v73_cb + tl.arange(0, BK)
+        v73_block = tl.zeros((C, BK), DTYPE)
+        v73_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v73_c[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + v73_r[:, None] * D + v73_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        for v73_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v73_start = v73_k * BC
+            v73_B = tl.where(tl.arange(0, C)[:, None] < v73_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + v73_start * D + v73_c)[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v73_c[None, :]), 0.0)), 0.0)
+            v73_rows = tl.where(tl.arange(0, C) // BC == v73_k, 1.0, 0.0)
+            v73_block += v73_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v73_c[None, :]) * v73_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v73_block = v73_block * v73_A
+        v73_aw = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v73_c[None, :])
+        for v73_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v73_p = v73_r + v73_j
+            v73_x = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v73_p[:, None] * D + v73_c[None, :])
+            v73_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + 2 * C * BV + tl.arange(0, C) * C + v73_p)
+            v73_m = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + 2 * C * BV + C * C + tl.arange(0, C) * C + v73_p)
+            v73_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + v73_p[:, None] * D + v73_c[None, :])
+            v73_block += v73_x * v73_y[:, None] * v73_m[:, None] * tl.exp(tl.minimum(v73_aw - v73_b, 0.0))
+        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v73_c[None, :], v73_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v73 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
     v74 = (q * v73)
     v75 = tl.cumsum(v74, axis=0, reverse=True)
@@ -6546,25 +6697,25 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 2 * C * C)  # v15, v30, v21, v55, v74, v93, v94, v67, v79, v89, v124, v130, v58, v59, v62, v151, v146, v158, v56, local_4, v43, v49, v54, v69, v48, v144, v57, v52, v65, v149, v160, v64, v162
+    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 4 * C * BV + 2 * C * C)  # v15, v30, v21, v55, v74, v93, v94, v67, v79, v89, v124, v130, v58, v59, v62, v151, v146, v158, q, v56, local_7, local_4, v43, v49, v54, v69, v48, v144, v57, v52, v65, v149, v160, v64, v162
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
     v47 = (v41[:, None] * tl.exp((v46[None, :] - v44)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v50 = (v47 * v49)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v54 = k
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v54)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v54)  # park
     v69 = (v50 * v54)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v69)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6592,9 +6743,9 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v43 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = tl.exp(v43)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v48)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6608,10 +6759,10 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v55 = v37
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v55)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v71 = (v48 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v72 = tl.sum((v71), axis=0)
-    v69 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v69 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v81 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6754,45 +6905,48 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     v139 = v138
     v143 = (v139 + v142)
     v144 = (tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None] * v143[None, :])
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v144)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v54 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v54 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v56 = (v54 * v49)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v43 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v56)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v56)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v57 = tl.zeros((C, C), DTYPE)
     v57_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v57_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v57_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v57_xA = q * v57_A
-    for v57_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v57_start = v57_k * BC
-        v57_B = tl.where(tl.arange(0, C)[:, None] < v57_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v57_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v57_rows = tl.where(tl.arange(0, C) // BC == v57_k, 1.0, 0.0)
-        v57 += v57_rows[:, None] * tl.dot((v57_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v57_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v57_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v57_p = v57_r + v57_j
-        v57_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + v57_p[:, None] * D + tl.arange(0, D)[None, :])
-        v57_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v57_p[:, None] * D + tl.arange(0, D)[None, :])
-        v57_d = tl.sum(q * v57_y * tl.exp(tl.minimum(v43 - v57_b, 0.0)), axis=1)
-        v57 += tl.where(tl.arange(0, C)[None, :] == v57_p[:, None], v57_d[:, None], 0.0)
+    v57 = tl.zeros((C, C), DTYPE)
+    for v57_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v57_c = v57_cb + tl.arange(0, BK)
+        v57_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v57_c[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v57_r[:, None] * D + v57_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v57_xA = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + v57_c[None, :]) * v57_A
+        for v57_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v57_start = v57_k * BC
+            v57_B = tl.where(tl.arange(0, C)[:, None] < v57_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v57_start * D + v57_c)[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v57_c[None, :]), 0.0)), 0.0)
+            v57_rows = tl.where(tl.arange(0, C) // BC == v57_k, 1.0, 0.0)
+            v57 += v57_rows[:, None] * tl.dot((v57_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + v57_c[None, :]) * v57_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v57_xw = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + v57_c[None, :])
+        v57_aw = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v57_c[None, :])
+        for v57_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v57_p = v57_r + v57_j
+            v57_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v57_p[:, None] * D + v57_c[None, :])
+            v57_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v57_p[:, None] * D + v57_c[None, :])
+            v57_d = tl.sum(v57_xw * v57_y * tl.exp(tl.minimum(v57_aw - v57_b, 0.0)), axis=1)
+            v57 += tl.where(tl.arange(0, C)[None, :] == v57_p[:, None], v57_d[:, None], 0.0)
     v57 = v57 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v57)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v57)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v48_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v48_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v51_rows = ((-1.0) + v48_rows)
         v52_rows = (q_rows * v51_rows)
-        tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v52_rows)  # park
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v52_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v57 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v57 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6800,7 +6954,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), v55.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v52 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v52 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6815,35 +6969,39 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v43 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v65 = v43
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v65)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v65)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v66 = v44
-    v65 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v149 = tl.zeros((C, C), DTYPE)
     v149_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v149_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v149_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v149_xA = local_7 * v149_A
-    for v149_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v149_start = v149_k * BC
-        v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v149_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v149_rows = tl.where(tl.arange(0, C) // BC == v149_k, 1.0, 0.0)
-        v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v149_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v149_p = v149_r + v149_j
-        v149_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v149_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v149_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v149_d = tl.sum(local_7 * v149_y * tl.exp(tl.minimum(v65 - v149_b, 0.0)), axis=1)
-        v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
+    v149 = tl.zeros((C, C), DTYPE)
+    for v149_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v149_c = v149_cb + tl.arange(0, BK)
+        v149_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v149_c[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v149_r[:, None] * BV + v149_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v149_xA = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v149_c[None, :]) * v149_A
+        for v149_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v149_start = v149_k * BC
+            v149_B = tl.where(tl.arange(0, C)[:, None] < v149_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v149_start * BV + v149_c)[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v149_c[None, :]), 0.0)), 0.0)
+            v149_rows = tl.where(tl.arange(0, C) // BC == v149_k, 1.0, 0.0)
+            v149 += v149_rows[:, None] * tl.dot((v149_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v149_c[None, :]) * v149_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v149_xw = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v149_c[None, :])
+        v149_aw = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v149_c[None, :])
+        for v149_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v149_p = v149_r + v149_j
+            v149_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + v149_p[:, None] * BV + v149_c[None, :])
+            v149_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v149_p[:, None] * BV + v149_c[None, :])
+            v149_d = tl.sum(v149_xw * v149_y * tl.exp(tl.minimum(v149_aw - v149_b, 0.0)), axis=1)
+            v149 += tl.where(tl.arange(0, C)[None, :] == v149_p[:, None], v149_d[:, None], 0.0)
     v149 = v149 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v149)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v149)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -6860,7 +7018,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v62 = (v61 + v60)
         tl.store(scratch + 3 * HID * D + 5 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v62)
     tl.debug_barrier()
-    v149 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v149 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6901,7 +7059,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v160 = (q * v159)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v160)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v160)  # park
     v64 = tl.zeros((C, BV), DTYPE)
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6914,25 +7072,25 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v64 += tl.dot(v63.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         v26 = (w2 * w2)
         v27 += tl.sum(tl.sum((v26), axis=1), axis=0)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v64)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v64)  # park
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v43_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
-        v64_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
-        v144_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v43_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v64_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 3 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v144_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v160_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v160_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         v147_rows = (v29 * local_6_rows)
         v154_rows = (v147_rows * v64_rows)
         v155_rows = v154_rows
         v161_rows = (v144_rows + v155_rows + v160_rows)
         v162_rows = (v161_rows * tl.exp(v43_rows))
-        tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v162_rows)  # park
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v162_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v162 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v162 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v163 = tl.cumsum(v162, axis=0, reverse=True)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -7252,26 +7410,26 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * BV + 13 * C * D + 5 * C * C + C)  # v15, v26, v21, v51, v71, v90, v91, v62, v76, v86, v121, v127, v54, v55, v58, v149, v143, v156, local_4, q, v157, causal, v64, local_7, v37, v39, v45, v50, v66, v44, v63, v135, v137, v140, v162, v52, v53, v48, v60, v61, v145, v159, v146, v163
+    scratch = scratch_ptr + slot * (3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 14 * C * D + 8 * C * BV + 5 * C * C + C)  # v15, v26, v21, v51, v71, v90, v91, v62, v76, v86, v121, v127, v54, v55, v58, v149, v143, v156, q, local_7, local_4, v157, causal, v64, v158, v146, v37, v39, v45, v50, v66, v44, v63, v135, v137, v140, v162, v52, v53, v48, v60, v61, v145, v159, v146, v163
     v37 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + offs_s, v37)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + offs_s, v37)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v38 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v39 = tl.cumsum(v38, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :], v39)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :], v39)  # park
     v41 = (v39 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v42 = tl.sum((v41), axis=0)
     v40 = v39
     v43 = (v37[:, None] * tl.exp((v42[None, :] - v40)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v45 = gate_eta
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 2 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
     v46 = (v43 * v45)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v50 = k
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 3 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v50)  # park
     v66 = (v46 * v50)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 4 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v66)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7299,9 +7457,9 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = tl.exp(v39)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 5 * C * D + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :], v44)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 3 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :], v44)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7315,10 +7473,10 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v51 = v33
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v51)
     tl.debug_barrier()
-    v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 5 * C * D + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 3 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v68 = (v44 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v69 = tl.sum((v68), axis=0)
-    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 4 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v78 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7415,7 +7573,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     v125 = (v124 / (D * HID))
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v63 = local_3
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 6 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v63)  # park
     v135 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7428,15 +7586,15 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v134 = ((-1.0) * v133)
         v62 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v135 += tl.dot(v62.to(DOT_DTYPE), tl.trans(v134).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 6 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v135)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v135)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v63_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 6 * C * D + 3 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v135_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * BV + 6 * C * D + 3 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v63_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + 3 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v135_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + 3 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
         v136_rows = (v63_rows * v135_rows)
         v137_rows = v136_rows
-        tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 6 * C * D + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v137_rows)  # park
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 5 * C * BV + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v137_rows)  # park
     v129 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7470,58 +7628,59 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v139 = ((-1.0) * v138)
         v51 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v140 += tl.dot(v51.to(DOT_DTYPE), v139.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 7 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v140)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v140)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v37_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + offs_rb)
-        v40_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
-        v45_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 2 * C * D + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
-        v50_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 3 * C * D + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
-        v137_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 6 * C * D + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
-        v140_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 7 * C * D + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v37_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + offs_rb)
+        v40_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v45_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 3 * C * BV + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v50_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 3 * C * BV + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v137_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 5 * C * BV + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v140_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
         v141_rows = (v50_rows * v140_rows)
         v160_rows = (v137_rows + v141_rows)
         v161_rows = (v45_rows * v160_rows)
         v162_rows = ((-1.0) * v37_rows[:, None] * v161_rows * tl.exp((v42[None, :] - v40_rows)))
-        tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 8 * C * D + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v162_rows)  # park
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v162_rows)  # park
         v52_rows = (v50_rows * v45_rows)
-        tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 9 * C * D + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v52_rows)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 5 * C * BV + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v52_rows)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v52 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 9 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v53 = tl.zeros((C, C), DTYPE)
     v53_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v53_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v53_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v53_xA = q * v53_A
-    for v53_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v53_start = v53_k * BC
-        v53_B = tl.where(tl.arange(0, C)[:, None] < v53_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v53_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v53_rows = tl.where(tl.arange(0, C) // BC == v53_k, 1.0, 0.0)
-        v53 += v53_rows[:, None] * tl.dot((v53_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 9 * C * D + 3 * C * C + C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v53_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v53_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v53_p = v53_r + v53_j
-        v53_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 9 * C * D + 3 * C * C + C + v53_p[:, None] * D + tl.arange(0, D)[None, :])
-        v53_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v53_p[:, None] * D + tl.arange(0, D)[None, :])
-        v53_d = tl.sum(q * v53_y * tl.exp(tl.minimum(v39 - v53_b, 0.0)), axis=1)
-        v53 += tl.where(tl.arange(0, C)[None, :] == v53_p[:, None], v53_d[:, None], 0.0)
+    v53 = tl.zeros((C, C), DTYPE)
+    for v53_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v53_c = v53_cb + tl.arange(0, BK)
+        v53_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + tl.arange(0, C)[:, None] * D + v53_c[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + v53_r[:, None] * D + v53_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v53_xA = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + v53_c[None, :]) * v53_A
+        for v53_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v53_start = v53_k * BC
+            v53_B = tl.where(tl.arange(0, C)[:, None] < v53_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + v53_start * D + v53_c)[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + tl.arange(0, C)[:, None] * D + v53_c[None, :]), 0.0)), 0.0)
+            v53_rows = tl.where(tl.arange(0, C) // BC == v53_k, 1.0, 0.0)
+            v53 += v53_rows[:, None] * tl.dot((v53_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 5 * C * BV + 3 * C * C + C + tl.arange(0, C)[:, None] * D + v53_c[None, :]) * v53_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v53_xw = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + v53_c[None, :])
+        v53_aw = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + tl.arange(0, C)[:, None] * D + v53_c[None, :])
+        for v53_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v53_p = v53_r + v53_j
+            v53_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 5 * C * BV + 3 * C * C + C + v53_p[:, None] * D + v53_c[None, :])
+            v53_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + v53_p[:, None] * D + v53_c[None, :])
+            v53_d = tl.sum(v53_xw * v53_y * tl.exp(tl.minimum(v53_aw - v53_b, 0.0)), axis=1)
+            v53 += tl.where(tl.arange(0, C)[None, :] == v53_p[:, None], v53_d[:, None], 0.0)
     v53 = v53 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 10 * C * D + 3 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 5 * C * BV + 3 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v44_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + 5 * C * D + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v44_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 3 * C * BV + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
         v47_rows = ((-1.0) + v44_rows)
         v48_rows = (q_rows * v47_rows)
-        tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 10 * C * D + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v48_rows)  # park
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 5 * C * BV + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v48_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v53 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 10 * C * D + 3 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 5 * C * BV + 3 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7529,7 +7688,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v54 = tl.dot(v53.to(DOT_DTYPE), v51.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 10 * C * D + 4 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 11 * C * D + 5 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7544,37 +7703,40 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v60 = v39
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 11 * C * D + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 5 * C * BV + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v61 = v40
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * BV + 11 * C * D + 4 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v61)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 11 * C * D + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 6 * C * BV + 4 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v61)  # park
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v145 = tl.zeros((C, C), DTYPE)
     v145_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v145_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v145_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v145_xA = local_7 * v145_A
-    for v145_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v145_start = v145_k * BC
-        v145_B = tl.where(tl.arange(0, C)[:, None] < v145_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v145_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v145_rows = tl.where(tl.arange(0, C) // BC == v145_k, 1.0, 0.0)
-        v145 += v145_rows[:, None] * tl.dot((v145_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v145_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v145_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v145_p = v145_r + v145_j
-        v145_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + v145_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v145_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v145_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v145_d = tl.sum(local_7 * v145_y * tl.exp(tl.minimum(v60 - v145_b, 0.0)), axis=1)
-        v145 += tl.where(tl.arange(0, C)[None, :] == v145_p[:, None], v145_d[:, None], 0.0)
+    v145 = tl.zeros((C, C), DTYPE)
+    for v145_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v145_c = v145_cb + tl.arange(0, BK)
+        v145_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + tl.arange(0, C)[:, None] * BV + v145_c[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + v145_r[:, None] * BV + v145_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v145_xA = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + v145_c[None, :]) * v145_A
+        for v145_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v145_start = v145_k * BC
+            v145_B = tl.where(tl.arange(0, C)[:, None] < v145_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + v145_start * BV + v145_c)[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + tl.arange(0, C)[:, None] * BV + v145_c[None, :]), 0.0)), 0.0)
+            v145_rows = tl.where(tl.arange(0, C) // BC == v145_k, 1.0, 0.0)
+            v145 += v145_rows[:, None] * tl.dot((v145_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + v145_c[None, :]) * v145_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v145_xw = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + v145_c[None, :])
+        v145_aw = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + tl.arange(0, C)[:, None] * BV + v145_c[None, :])
+        for v145_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v145_p = v145_r + v145_j
+            v145_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v145_p[:, None] * BV + v145_c[None, :])
+            v145_b = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + v145_p[:, None] * BV + v145_c[None, :])
+            v145_d = tl.sum(v145_xw * v145_y * tl.exp(tl.minimum(v145_aw - v145_b, 0.0)), axis=1)
+            v145 += tl.where(tl.arange(0, C)[None, :] == v145_p[:, None], v145_d[:, None], 0.0)
     v145 = v145 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * BV + 11 * C * D + 4 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v145)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 7 * C * BV + 4 * C * C + C + offs_t[:, None] * C + offs_s[None, :], v145)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -7591,7 +7753,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v58 = (v57 + v56)
         tl.store(scratch + 3 * HID * D + 5 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v145 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * BV + 11 * C * D + 4 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v145 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 7 * C * BV + 4 * C * C + C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7630,34 +7792,35 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v51 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v156 = tl.load(scratch + 3 * HID * D + 8 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v157 += (tl.dot(v156.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v51.to(DOT_DTYPE), tl.trans(v156).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v39 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v40 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v157)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v157)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + 2 * C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v158 = tl.zeros((C, D), DTYPE)
     v158_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v158_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v158_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v158_xA = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v158_A
-    for v158_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v158_start = v158_k * BC
-        v158_B = tl.where(tl.arange(0, C)[:, None] < v158_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v158_start * D + tl.arange(0, D))[None, :] - v40, 0.0)), 0.0)
-        v158_rows = tl.where(tl.arange(0, C) // BC == v158_k, 1.0, 0.0)
-        v158 += v158_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v158_xA * v158_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v158_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v158_p = v158_r + v158_j
-        v158_x = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + v158_p[:, None] * D + tl.arange(0, D)[None, :])
-        v158_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + v158_p * C + tl.arange(0, C))
-        v158_m = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + C * C + v158_p * C + tl.arange(0, C))
-        v158_a = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v158_p[:, None] * D + tl.arange(0, D)[None, :])
-        v158 += v158_x * v158_y[:, None] * v158_m[:, None] * tl.exp(tl.minimum(v158_a - v40, 0.0))
+    for v158_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v158_c = v158_cb + tl.arange(0, BK)
+        v158_block = tl.zeros((C, BK), DTYPE)
+        v158_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + tl.arange(0, C)[:, None] * D + v158_c[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + v158_r[:, None] * D + v158_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v158_xA = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + v158_c[None, :]) * v158_A
+        for v158_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v158_start = v158_k * BC
+            v158_B = tl.where(tl.arange(0, C)[:, None] < v158_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + v158_start * D + v158_c)[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + tl.arange(0, C)[:, None] * D + v158_c[None, :]), 0.0)), 0.0)
+            v158_rows = tl.where(tl.arange(0, C) // BC == v158_k, 1.0, 0.0)
+            v158_block += v158_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v158_xA * v158_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v158_bw = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + tl.arange(0, C)[:, None] * D + v158_c[None, :])
+        for v158_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v158_p = v158_r + v158_j
+            v158_x = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + v158_p[:, None] * D + v158_c[None, :])
+            v158_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + 2 * C * BV + v158_p * C + tl.arange(0, C))
+            v158_m = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + 2 * C * BV + C * C + v158_p * C + tl.arange(0, C))
+            v158_a = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + v158_p[:, None] * D + v158_c[None, :])
+            v158_block += v158_x * v158_y[:, None] * v158_m[:, None] * tl.exp(tl.minimum(v158_a - v158_bw, 0.0))
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + v158_c[None, :], v158_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v158 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    v52 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 9 * C * D + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v52 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 10 * C * D + 5 * C * BV + 3 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v159 = ((-1.0) * v52 * v158)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * BV + 11 * C * D + 5 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v159)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 7 * C * BV + 5 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v159)  # park
     v64 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7667,44 +7830,45 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v59 = (v59_c0 * (1.0 + tl.math.erf((v59_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v62 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v64 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v62).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()  # parked tiles other threads stored
-    v60 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 11 * C * D + 4 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v61 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * BV + 11 * C * D + 4 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v64)
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v64)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v146 = tl.zeros((C, BV), DTYPE)
     v146_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v146_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v146_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v146_yA = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v146_A
-    for v146_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v146_start = v146_k * BC
-        v146_B = tl.where(tl.arange(0, C)[:, None] < v146_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v146_start * BV + tl.arange(0, BV))[None, :] - v61, 0.0)), 0.0)
-        v146_rows = tl.where(tl.arange(0, C) // BC == v146_k, 1.0, 0.0)
-        v146 += v146_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v146_rows[:, None])).to(DOT_DTYPE), (v146_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v146_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v146_p = v146_r + v146_j
-        v146_x = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + 2 * C * C + v146_p * C + tl.arange(0, C))
-        v146_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + 3 * C * C + v146_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v146_m = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * BV + C * D + C * C + v146_p * C + tl.arange(0, C))
-        v146_a = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * BV + C * D + 3 * C * C + C + v146_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v146 += v146_x[:, None] * v146_y * v146_m[:, None] * tl.exp(tl.minimum(v146_a - v61, 0.0))
+    for v146_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v146_c = v146_cb + tl.arange(0, BK)
+        v146_block = tl.zeros((C, BK), DTYPE)
+        v146_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + tl.arange(0, C)[:, None] * BV + v146_c[None, :]) - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + v146_r[:, None] * BV + v146_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v146_yA = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + v146_c[None, :]) * v146_A
+        for v146_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v146_start = v146_k * BC
+            v146_B = tl.where(tl.arange(0, C)[:, None] < v146_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + v146_start * BV + v146_c)[None, :] - tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + tl.arange(0, C)[:, None] * BV + v146_c[None, :]), 0.0)), 0.0)
+            v146_rows = tl.where(tl.arange(0, C) // BC == v146_k, 1.0, 0.0)
+            v146_block += v146_B * tl.dot(tl.trans((tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v146_rows[:, None])).to(DOT_DTYPE), (v146_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v146_bw = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + tl.arange(0, C)[:, None] * BV + v146_c[None, :])
+        for v146_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v146_p = v146_r + v146_j
+            v146_x = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + 2 * C * BV + 2 * C * C + v146_p * C + tl.arange(0, C))
+            v146_y = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + v146_p[:, None] * BV + v146_c[None, :])
+            v146_m = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + C * D + 2 * C * BV + C * C + v146_p * C + tl.arange(0, C))
+            v146_a = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 3 * C * BV + 3 * C * C + C + v146_p[:, None] * BV + v146_c[None, :])
+            v146_block += v146_x[:, None] * v146_y * v146_m[:, None] * tl.exp(tl.minimum(v146_a - v146_bw, 0.0))
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + v146_c[None, :], v146_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v146 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * BV + 12 * C * D + 5 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v146)  # park
+    tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 7 * C * BV + 5 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v146)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         local_4_rows = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v146_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * BV + 12 * C * D + 5 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v159_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * BV + 11 * C * D + 5 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
-        v162_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * BV + 8 * C * D + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v146_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 7 * C * BV + 5 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v159_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 12 * C * D + 7 * C * BV + 5 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v162_rows = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 3 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
         v147_rows = ((-1.0) * local_4_rows * v146_rows)
         v150_rows = v147_rows
         v163_rows = (v150_rows + v159_rows + v162_rows)
-        tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * BV + 12 * C * D + 5 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v163_rows)  # park
+        tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 8 * C * BV + 5 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v163_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v163 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * BV + 12 * C * D + 5 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v163 = tl.load(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + 13 * C * D + 8 * C * BV + 5 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v164 = v163
     v165 = tl.cumsum(v164, axis=0, reverse=True)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
@@ -7746,40 +7910,43 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + 5 * C * BV + 3 * C * C + 4 * C * D)  # v15, v26, v44, v47, v48, v52, v55, local_7, v57, causal, v45, v36, v46, v41, v53, v54, v65, v56, v68
+    scratch = scratch_ptr + slot * (HID * D + 6 * C * HID + 5 * C * D + 6 * C * BV + 3 * C * C)  # v15, v26, v44, v47, v48, v52, v55, q, local_7, v57, causal, v65, v45, v36, v46, v41, v53, v54, v65, v56, v68
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = gate_eta
     v45 = (v43 * v39)
-    tl.store(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v45)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v35 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v36 = tl.cumsum(v35, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     v37 = v36
-    tl.debug_barrier()  # parked tiles other threads stored
-    v45 = tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + HID * D + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v46 = tl.zeros((C, C), DTYPE)
     v46_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + v46_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v46_xA = q * v46_A
-    for v46_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v46_start = v46_k * BC
-        v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + v46_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v46_rows = tl.where(tl.arange(0, C) // BC == v46_k, 1.0, 0.0)
-        v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v46_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v46_p = v46_r + v46_j
-        v46_y = tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + v46_p[:, None] * D + tl.arange(0, D)[None, :])
-        v46_b = tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + v46_p[:, None] * D + tl.arange(0, D)[None, :])
-        v46_d = tl.sum(q * v46_y * tl.exp(tl.minimum(v36 - v46_b, 0.0)), axis=1)
-        v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
+    v46 = tl.zeros((C, C), DTYPE)
+    for v46_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v46_c = v46_cb + tl.arange(0, BK)
+        v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v46_c[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v46_r[:, None] * D + v46_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v46_xA = tl.load(scratch + HID * D + 6 * C * HID + tl.arange(0, C)[:, None] * D + v46_c[None, :]) * v46_A
+        for v46_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v46_start = v46_k * BC
+            v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v46_start * D + v46_c)[None, :] - tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v46_c[None, :]), 0.0)), 0.0)
+            v46_rows = tl.where(tl.arange(0, C) // BC == v46_k, 1.0, 0.0)
+            v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 6 * C * HID + C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v46_c[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v46_xw = tl.load(scratch + HID * D + 6 * C * HID + tl.arange(0, C)[:, None] * D + v46_c[None, :])
+        v46_aw = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v46_c[None, :])
+        for v46_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v46_p = v46_r + v46_j
+            v46_y = tl.load(scratch + HID * D + 6 * C * HID + C * D + 2 * C * BV + 2 * C * C + v46_p[:, None] * D + v46_c[None, :])
+            v46_b = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v46_p[:, None] * D + v46_c[None, :])
+            v46_d = tl.sum(v46_xw * v46_y * tl.exp(tl.minimum(v46_aw - v46_b, 0.0)), axis=1)
+            v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
     v46 = v46 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7810,12 +7977,12 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v36_rows = tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v36_rows = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v38_rows = tl.exp(v36_rows)  # cumulative decay in the chunk
         v40_rows = ((-1.0) + v38_rows)
         v41_rows = (q_rows * v40_rows)
-        tl.store(scratch + HID * D + 6 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v41_rows)  # park
+        tl.store(scratch + HID * D + 6 * C * HID + 3 * C * D + 2 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :], v41_rows)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7829,7 +7996,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v44 = v33
         tl.store(scratch + HID * D + C * HID + offs_s[:, None] * HID + offs_h[None, :], v44)
     tl.debug_barrier()
-    v46 = tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7837,7 +8004,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v47 = tl.dot(v46.to(DOT_DTYPE), v44.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
     tl.debug_barrier()
-    v41 = tl.load(scratch + HID * D + 6 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7853,13 +8020,13 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v36 = tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v53 = v36
-    tl.store(scratch + HID * D + 6 * C * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 4 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v54 = v37
-    tl.store(scratch + HID * D + 6 * C * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v54)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 4 * C * D + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v54)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7886,44 +8053,48 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v52 = tl.load(scratch + HID * D + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v55 = tl.load(scratch + HID * D + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v57 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v53 = tl.load(scratch + HID * D + 6 * C * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v54 = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + HID * D + 6 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
-    tl.store(scratch + HID * D + 6 * C * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v57)
-    tl.store(scratch + HID * D + 6 * C * HID + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + HID * D + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
+    tl.store(scratch + HID * D + 6 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v57)
+    tl.store(scratch + HID * D + 6 * C * HID + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v65 = tl.zeros((C, BV), DTYPE)
     v65_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v65_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + v65_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v65_xA = tl.load(scratch + HID * D + 6 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v65_A
-    for v65_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v65_start = v65_k * BC
-        v65_B = tl.where(tl.arange(0, C)[:, None] < v65_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + v65_start * BV + tl.arange(0, BV))[None, :] - v54, 0.0)), 0.0)
-        v65_rows = tl.where(tl.arange(0, C) // BC == v65_k, 1.0, 0.0)
-        v65 += v65_B * tl.dot(tl.trans((tl.load(scratch + HID * D + 6 * C * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v65_xA * v65_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v65_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v65_p = v65_r + v65_j
-        v65_x = tl.load(scratch + HID * D + 6 * C * HID + v65_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v65_y = tl.load(scratch + HID * D + 6 * C * HID + C * BV + v65_p * C + tl.arange(0, C))
-        v65_m = tl.load(scratch + HID * D + 6 * C * HID + C * BV + C * C + v65_p * C + tl.arange(0, C))
-        v65_a = tl.load(scratch + HID * D + 6 * C * HID + C * BV + 2 * C * C + C * D + v65_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v65 += v65_x * v65_y[:, None] * v65_m[:, None] * tl.exp(tl.minimum(v65_a - v54, 0.0))
+    for v65_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v65_c = v65_cb + tl.arange(0, BK)
+        v65_block = tl.zeros((C, BK), DTYPE)
+        v65_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v65_c[None, :]) - tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v65_r[:, None] * BV + v65_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v65_xA = tl.load(scratch + HID * D + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + v65_c[None, :]) * v65_A
+        for v65_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v65_start = v65_k * BC
+            v65_B = tl.where(tl.arange(0, C)[:, None] < v65_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v65_start * BV + v65_c)[None, :] - tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v65_c[None, :]), 0.0)), 0.0)
+            v65_rows = tl.where(tl.arange(0, C) // BC == v65_k, 1.0, 0.0)
+            v65_block += v65_B * tl.dot(tl.trans((tl.load(scratch + HID * D + 6 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v65_xA * v65_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v65_bw = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v65_c[None, :])
+        for v65_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v65_p = v65_r + v65_j
+            v65_x = tl.load(scratch + HID * D + 6 * C * HID + C * D + v65_p[:, None] * BV + v65_c[None, :])
+            v65_y = tl.load(scratch + HID * D + 6 * C * HID + C * D + C * BV + v65_p * C + tl.arange(0, C))
+            v65_m = tl.load(scratch + HID * D + 6 * C * HID + C * D + C * BV + C * C + v65_p * C + tl.arange(0, C))
+            v65_a = tl.load(scratch + HID * D + 6 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v65_p[:, None] * BV + v65_c[None, :])
+            v65_block += v65_x * v65_y[:, None] * v65_m[:, None] * tl.exp(tl.minimum(v65_a - v65_bw, 0.0))
+        tl.store(scratch + HID * D + 6 * C * HID + C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v65_c[None, :], v65_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v65 = tl.load(scratch + HID * D + 6 * C * HID + C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 6 * C * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 4 * C * D + 4 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v65)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v56 = local_3
-    tl.store(scratch + HID * D + 6 * C * HID + 4 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v56)  # park
+    tl.store(scratch + HID * D + 6 * C * HID + 4 * C * D + 5 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v56_rows = tl.load(scratch + HID * D + 6 * C * HID + 4 * C * BV + 3 * C * C + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :])
-        v65_rows = tl.load(scratch + HID * D + 6 * C * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v56_rows = tl.load(scratch + HID * D + 6 * C * HID + 4 * C * D + 5 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v65_rows = tl.load(scratch + HID * D + 6 * C * HID + 4 * C * D + 4 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_o[None, :])
         v67_rows = (v56_rows * v65_rows)
         v68_rows = v67_rows
-        tl.store(scratch + HID * D + 6 * C * HID + 5 * C * BV + 3 * C * C + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :], v68_rows)  # park
+        tl.store(scratch + HID * D + 6 * C * HID + 4 * C * D + 6 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :], v68_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v68 = tl.load(scratch + HID * D + 6 * C * HID + 5 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v68 = tl.load(scratch + HID * D + 6 * C * HID + 4 * C * D + 6 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v70 = v68
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v70.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -7961,10 +8132,10 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 4 * C * C)  # v15, v26, v21, v44, v50, v42, v51, v61, v54, v65, v71, v45, local_4, v72, q, causal, v43, v36, v41, v46, v63
+    scratch = scratch_ptr + slot * (HID * D + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + 4 * C * C)  # v15, v26, v21, v44, v50, v42, v51, v61, v54, v65, v71, q, v45, local_7, local_4, v72, causal, v73, v43, v36, v41, v46, v63
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v43 = k
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8013,44 +8184,49 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v35 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v36 = tl.cumsum(v35, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v36)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v36_rows = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v36_rows = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         v38_rows = tl.exp(v36_rows)  # cumulative decay in the chunk
         v40_rows = ((-1.0) + v38_rows)
         v41_rows = (q_rows * v40_rows)
-        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v41_rows)  # park
+        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v41_rows)  # park
         gate_eta_rows = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v39 = gate_eta
     tl.debug_barrier()  # parked tiles other threads stored
-    v43 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = (v43 * v39)
-    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v37 = v36
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v45)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v45)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v46 = tl.zeros((C, C), DTYPE)
     v46_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + v46_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v46_xA = q * v46_A
-    for v46_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v46_start = v46_k * BC
-        v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + v46_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v46_rows = tl.where(tl.arange(0, C) // BC == v46_k, 1.0, 0.0)
-        v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v46_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v46_p = v46_r + v46_j
-        v46_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + v46_p[:, None] * D + tl.arange(0, D)[None, :])
-        v46_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + v46_p[:, None] * D + tl.arange(0, D)[None, :])
-        v46_d = tl.sum(q * v46_y * tl.exp(tl.minimum(v36 - v46_b, 0.0)), axis=1)
-        v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
+    v46 = tl.zeros((C, C), DTYPE)
+    for v46_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v46_c = v46_cb + tl.arange(0, BK)
+        v46_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v46_c[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v46_r[:, None] * D + v46_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v46_xA = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + v46_c[None, :]) * v46_A
+        for v46_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v46_start = v46_k * BC
+            v46_B = tl.where(tl.arange(0, C)[:, None] < v46_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v46_start * D + v46_c)[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v46_c[None, :]), 0.0)), 0.0)
+            v46_rows = tl.where(tl.arange(0, C) // BC == v46_k, 1.0, 0.0)
+            v46 += v46_rows[:, None] * tl.dot((v46_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + v46_c[None, :]) * v46_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v46_xw = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + v46_c[None, :])
+        v46_aw = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v46_c[None, :])
+        for v46_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v46_p = v46_r + v46_j
+            v46_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v46_p[:, None] * D + v46_c[None, :])
+            v46_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v46_p[:, None] * D + v46_c[None, :])
+            v46_d = tl.sum(v46_xw * v46_y * tl.exp(tl.minimum(v46_aw - v46_b, 0.0)), axis=1)
+            v46 += tl.where(tl.arange(0, C)[None, :] == v46_p[:, None], v46_d[:, None], 0.0)
     v46 = v46 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v46)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -8058,26 +8234,31 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     v53 = v37
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v63 = tl.zeros((C, C), DTYPE)
     v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v63_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v63_xA = local_7 * v63_A
-    for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v63_start = v63_k * BC
-        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
-        v63 += v63_rows[:, None] * tl.dot((v63_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v63_p = v63_r + v63_j
-        v63_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v63_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v63_d = tl.sum(local_7 * v63_y * tl.exp(tl.minimum(v52 - v63_b, 0.0)), axis=1)
-        v63 += tl.where(tl.arange(0, C)[None, :] == v63_p[:, None], v63_d[:, None], 0.0)
+    v63 = tl.zeros((C, C), DTYPE)
+    for v63_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v63_c = v63_cb + tl.arange(0, BK)
+        v63_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v63_c[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v63_r[:, None] * BV + v63_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v63_xA = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v63_c[None, :]) * v63_A
+        for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v63_start = v63_k * BC
+            v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v63_start * BV + v63_c)[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v63_c[None, :]), 0.0)), 0.0)
+            v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
+            v63 += v63_rows[:, None] * tl.dot((v63_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v63_c[None, :]) * v63_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63_xw = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v63_c[None, :])
+        v63_aw = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v63_c[None, :])
+        for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v63_p = v63_r + v63_j
+            v63_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + v63_p[:, None] * BV + v63_c[None, :])
+            v63_b = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v63_p[:, None] * BV + v63_c[None, :])
+            v63_d = tl.sum(v63_xw * v63_y * tl.exp(tl.minimum(v63_aw - v63_b, 0.0)), axis=1)
+            v63 += tl.where(tl.arange(0, C)[None, :] == v63_p[:, None], v63_d[:, None], 0.0)
     v63 = v63 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v63)  # park
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -8088,7 +8269,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v50 = tl.dot(q.to(DOT_DTYPE), tl.trans(v15).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
-    v41 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8098,7 +8279,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tl.debug_barrier()
     v24 = (v23 / (HID * D))
     v25 = (3.0 * v24 * v14)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
-    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v46 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8124,7 +8305,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v54 = v27
         tl.store(scratch + HID * D + 6 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 5 * C * D + C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v63 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8155,32 +8336,33 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v44 = tl.load(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :])
         v71 = tl.load(scratch + HID * D + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v72 += (tl.dot(v71.to(DOT_DTYPE), tl.trans(v44).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v44.to(DOT_DTYPE), tl.trans(v71).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v36 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v37 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v72)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v72)
+    tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v73 = tl.zeros((C, D), DTYPE)
     v73_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v73_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + v73_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v73_yA = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v73_A
-    for v73_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v73_start = v73_k * BC
-        v73_B = tl.where(tl.arange(0, C)[:, None] < v73_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + v73_start * D + tl.arange(0, D))[None, :] - v37, 0.0)), 0.0)
-        v73_rows = tl.where(tl.arange(0, C) // BC == v73_k, 1.0, 0.0)
-        v73 += v73_B * tl.dot(tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v73_rows[:, None])).to(DOT_DTYPE), (v73_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v73_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v73_p = v73_r + v73_j
-        v73_x = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + C * BV + v73_p * C + tl.arange(0, C))
-        v73_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + C * D + C * BV + C * C + v73_p[:, None] * D + tl.arange(0, D)[None, :])
-        v73_m = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + C * C + v73_p * C + tl.arange(0, C))
-        v73_a = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + C * BV + 2 * C * C + v73_p[:, None] * D + tl.arange(0, D)[None, :])
-        v73 += v73_x[:, None] * v73_y * v73_m[:, None] * tl.exp(tl.minimum(v73_a - v37, 0.0))
+    for v73_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v73_c = v73_cb + tl.arange(0, BK)
+        v73_block = tl.zeros((C, BK), DTYPE)
+        v73_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v73_c[None, :]) - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v73_r[:, None] * D + v73_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v73_yA = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + v73_c[None, :]) * v73_A
+        for v73_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v73_start = v73_k * BC
+            v73_B = tl.where(tl.arange(0, C)[:, None] < v73_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v73_start * D + v73_c)[None, :] - tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v73_c[None, :]), 0.0)), 0.0)
+            v73_rows = tl.where(tl.arange(0, C) // BC == v73_k, 1.0, 0.0)
+            v73_block += v73_B * tl.dot(tl.trans((tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v73_rows[:, None])).to(DOT_DTYPE), (v73_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v73_bw = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v73_c[None, :])
+        for v73_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v73_p = v73_r + v73_j
+            v73_x = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + v73_p * C + tl.arange(0, C))
+            v73_y = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + v73_p[:, None] * D + v73_c[None, :])
+            v73_m = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + C * C + v73_p * C + tl.arange(0, C))
+            v73_a = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v73_p[:, None] * D + v73_c[None, :])
+            v73_block += v73_x[:, None] * v73_y * v73_m[:, None] * tl.exp(tl.minimum(v73_a - v73_bw, 0.0))
+        tl.store(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v73_c[None, :], v73_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v73 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    v43 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 2 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + HID * D + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = (v43 * v73)
     v75 = v74
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v75.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -8655,40 +8837,43 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (HID * D + 5 * C * HID + BV * HID + 3 * C * C + 10 * C * BV + 4 * C * D + C)  # v15, v30, v21, v48, v51, v52, v56, v64, local_4, causal, v49, v40, v50, v42, v45, v58, v60, v61, v62, v67, v68, v69, v73, v76, v83
+    scratch = scratch_ptr + slot * (HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 11 * C * BV + C)  # v15, v30, v21, v48, v51, v52, v56, q, v64, local_4, causal, v66, v49, v40, v50, v42, v45, v58, v60, v61, v62, v67, v68, v69, v73, v76, v83
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v47 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v43 = gate_eta
     v49 = (v47 * v43)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     v41 = v40
-    tl.debug_barrier()  # parked tiles other threads stored
-    v49 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v50 = tl.zeros((C, C), DTYPE)
     v50_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v50_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + v50_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v50_xA = q * v50_A
-    for v50_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v50_start = v50_k * BC
-        v50_B = tl.where(tl.arange(0, C)[:, None] < v50_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + v50_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v50_rows = tl.where(tl.arange(0, C) // BC == v50_k, 1.0, 0.0)
-        v50 += v50_rows[:, None] * tl.dot((v50_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v50_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v50_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v50_p = v50_r + v50_j
-        v50_y = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + v50_p[:, None] * D + tl.arange(0, D)[None, :])
-        v50_b = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + v50_p[:, None] * D + tl.arange(0, D)[None, :])
-        v50_d = tl.sum(q * v50_y * tl.exp(tl.minimum(v40 - v50_b, 0.0)), axis=1)
-        v50 += tl.where(tl.arange(0, C)[None, :] == v50_p[:, None], v50_d[:, None], 0.0)
+    v50 = tl.zeros((C, C), DTYPE)
+    for v50_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v50_c = v50_cb + tl.arange(0, BK)
+        v50_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + v50_c[None, :]) - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v50_r[:, None] * D + v50_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v50_xA = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + v50_c[None, :]) * v50_A
+        for v50_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v50_start = v50_k * BC
+            v50_B = tl.where(tl.arange(0, C)[:, None] < v50_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v50_start * D + v50_c)[None, :] - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + v50_c[None, :]), 0.0)), 0.0)
+            v50_rows = tl.where(tl.arange(0, C) // BC == v50_k, 1.0, 0.0)
+            v50 += v50_rows[:, None] * tl.dot((v50_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + v50_c[None, :]) * v50_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v50_xw = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + v50_c[None, :])
+        v50_aw = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + v50_c[None, :])
+        for v50_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v50_p = v50_r + v50_j
+            v50_y = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + 2 * C * C + 2 * C * BV + v50_p[:, None] * D + v50_c[None, :])
+            v50_b = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v50_p[:, None] * D + v50_c[None, :])
+            v50_d = tl.sum(v50_xw * v50_y * tl.exp(tl.minimum(v50_aw - v50_b, 0.0)), axis=1)
+            v50 += tl.where(tl.arange(0, C)[None, :] == v50_p[:, None], v50_d[:, None], 0.0)
     v50 = v50 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v50)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v50)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8719,13 +8904,13 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v40_rows = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v40_rows = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v42_rows = tl.exp(v40_rows)  # cumulative decay in the chunk
-        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + C * BV + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v42_rows)  # park
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v42_rows)  # park
         v44_rows = ((-1.0) + v42_rows)
         v45_rows = (q_rows * v44_rows)
-        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :], v45_rows)  # park
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v45_rows)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8740,7 +8925,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v48 = v37
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v48)
     tl.debug_barrier()
-    v50 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v50 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8748,7 +8933,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v51 = tl.dot(v50.to(DOT_DTYPE), v48.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + HID * D + 2 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v51)
     tl.debug_barrier()
-    v45 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v45 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8766,10 +8951,10 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v42_rows = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + C * BV + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v42_rows = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v57_rows = v42_rows
         v58_rows = ((-1.0) + v57_rows)
-        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + C * BV + 4 * C * D + offs_rb[:, None] * D + offs_o[None, :], v58_rows)  # park
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v58_rows)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -8791,18 +8976,18 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v56 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v59 += tl.dot(v56.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v58 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + C * BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v58 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v60 = (v58 * v59)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 2 * C * BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v61 = v40
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 3 * C * BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :], v61)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v61)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v41 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v62 = v41
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 4 * C * BV + 4 * C * D + offs_s[:, None] * D + offs_o[None, :], v62)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v62)  # park
     v64 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8813,34 +8998,37 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v63 = v31
         v56 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v64 += tl.dot(v56.to(DOT_DTYPE), tl.trans(v63).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()  # parked tiles other threads stored
-    v61 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 3 * C * BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v62 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 4 * C * BV + 4 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v64)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v64)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v66 = tl.zeros((C, BV), DTYPE)
     v66_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v66_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + v66_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v66_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v66_start = v66_k * BC
-        v66_B = tl.where(tl.arange(0, C)[:, None] < v66_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + v66_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v66_rows = tl.where(tl.arange(0, C) // BC == v66_k, 1.0, 0.0)
-        v66 += v66_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 5 * C * HID + BV * HID + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v66_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v66 = v66 * v66_A
-    for v66_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v66_p = v66_r + v66_j
-        v66_x = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + tl.arange(0, C) * C + v66_p)
-        v66_y = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * C + v66_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v66_m = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * C + C * BV + tl.arange(0, C) * C + v66_p)
-        v66_b = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * C + C * BV + C * D + v66_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v66 += v66_x[:, None] * v66_y * v66_m[:, None] * tl.exp(tl.minimum(v61 - v66_b, 0.0))
+    for v66_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v66_c = v66_cb + tl.arange(0, BK)
+        v66_block = tl.zeros((C, BK), DTYPE)
+        v66_A = tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v66_c[None, :]) - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v66_r[:, None] * BV + v66_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        for v66_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v66_start = v66_k * BC
+            v66_B = tl.where(tl.arange(0, C)[:, None] < v66_start, tl.exp(tl.minimum(tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v66_start * BV + v66_c)[None, :] - tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v66_c[None, :]), 0.0)), 0.0)
+            v66_rows = tl.where(tl.arange(0, C) // BC == v66_k, 1.0, 0.0)
+            v66_block += v66_rows[:, None] * tl.dot((tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + C * C + tl.arange(0, C)[:, None] * BV + v66_c[None, :]) * v66_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v66_block = v66_block * v66_A
+        v66_aw = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v66_c[None, :])
+        for v66_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v66_p = v66_r + v66_j
+            v66_x = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + tl.arange(0, C) * C + v66_p)
+            v66_y = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + C * C + v66_p[:, None] * BV + v66_c[None, :])
+            v66_m = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + C * C + C * BV + tl.arange(0, C) * C + v66_p)
+            v66_b = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v66_p[:, None] * BV + v66_c[None, :])
+            v66_block += v66_x[:, None] * v66_y * v66_m[:, None] * tl.exp(tl.minimum(v66_aw - v66_b, 0.0))
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + v66_c[None, :], v66_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v66 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    v60 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 2 * C * BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v67 = (v60 - v66)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 5 * C * BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :], v67)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v67)  # park
     v27 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8851,9 +9039,9 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     v28 = (v27 / (D * HID))
     v29 = (3.0 * v28 * v20)  # pnorm frozen slope (q-1) mean|P|^(q-2)/norm
     tl.debug_barrier()  # parked tiles other threads stored
-    v67 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 5 * C * BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v67 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v68 = (v67 * v29)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 6 * C * BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :], v68)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 7 * C * BV + offs_t[:, None] * D + offs_o[None, :], v68)  # park
     v69 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8861,33 +9049,33 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v56 = tl.load(scratch + HID * D + 4 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v69 += tl.dot(v56.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 7 * C * BV + 4 * C * D + offs_t[:, None] * D + offs_o[None, :], v69)  # park
+    tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v69)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v68_rows = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 6 * C * BV + 4 * C * D + offs_rb[:, None] * D + offs_o[None, :])
-        v69_rows = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 7 * C * BV + 4 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v68_rows = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 7 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v69_rows = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 8 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v70_rows = (v69_rows + v68_rows)
         v71_rows = tl.sum((v70_rows), axis=1)
         v72_rows = (v71_rows / (D))
         v73_rows = (v70_rows - v72_rows[:, None])
-        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 8 * C * BV + 4 * C * D + offs_rb[:, None] * D + offs_o[None, :], v73_rows)  # park
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 9 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v73_rows)  # park
         v74_rows = (v73_rows * v73_rows)
         v75_rows = tl.sum((v74_rows), axis=1)
         v76_rows = (v75_rows / (D))
-        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 9 * C * BV + 4 * C * D + offs_rb, v76_rows)  # park
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 10 * C * BV + offs_rb, v76_rows)  # park
         d_out_rows = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v73_rows = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 8 * C * BV + 4 * C * D + offs_rb[:, None] * D + offs_o[None, :])
-        v76_rows = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 9 * C * BV + 4 * C * D + offs_rb)
+        v73_rows = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 9 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v76_rows = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 10 * C * BV + offs_rb)
         d_out_rows = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
         v82_rows = (d_out_rows * (1.0 - tl.where((offs_rb == nv - 1) & (nv == C), 1.0, 0.0)[:, None]))
         v83_rows = (v73_rows * v82_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v76_rows[:, None])))))
-        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 9 * C * BV + 4 * C * D + C + offs_rb[:, None] * D + offs_o[None, :], v83_rows)  # park
+        tl.store(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 10 * C * BV + C + offs_rb[:, None] * D + offs_o[None, :], v83_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v83 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 3 * C * C + 9 * C * BV + 4 * C * D + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v83 = tl.load(scratch + HID * D + 5 * C * HID + BV * HID + 5 * C * D + 3 * C * C + 10 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v84 = tl.sum((v83), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v84.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -8925,26 +9113,26 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v136, v147, v56, v51, v144, v159, v168
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 7 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, q, v55, local_7, local_4, v42, v48, v49, v53, v66, v47, v72, v136, v147, v56, v51, v144, v159, v168
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v42 = tl.cumsum(v41, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = (v42 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v45 = tl.sum((v44), axis=0)
     v43 = v42
     v46 = (v40[:, None] * tl.exp((v45[None, :] - v43)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v48 = gate_eta
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v49 = (v46 * v48)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v53 = k
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v66 = (v49 * v53)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -8972,9 +9160,9 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -8988,10 +9176,10 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v69 = tl.sum((v68), axis=0)
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9086,9 +9274,9 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     v125_c0 = (tl.sqrt(v85))
     v125 = ((-0.5) * v124 / (v125_c0 * ((tl.full((), 1e-06, DTYPE) + v125_c0) * (tl.full((), 1e-06, DTYPE) + v125_c0))))
     v126 = (v125 / (D * HID))
-    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = v49
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
     v136 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9101,18 +9289,18 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v135 = ((-1.0) * v134)
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v136)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v136)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v72_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v136_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v72_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v136_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v137_rows = (v72_rows * v136_rows)
         local_8_rows = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v147_rows = (v137_rows + local_8_rows)
-        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v147_rows)  # park
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v147_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v147 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v148 = v147
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -9132,46 +9320,49 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v56_xA = q * v56_A
-    for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v56_p = v56_r + v56_j
-        v56_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v42 - v56_b, 0.0)), axis=1)
-        v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
+    v56 = tl.zeros((C, C), DTYPE)
+    for v56_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v56_c = v56_cb + tl.arange(0, BK)
+        v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v56_c[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v56_r[:, None] * D + v56_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v56_xA = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + v56_c[None, :]) * v56_A
+        for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v56_start = v56_k * BC
+            v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v56_start * D + v56_c)[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v56_c[None, :]), 0.0)), 0.0)
+            v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
+            v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + v56_c[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56_xw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + v56_c[None, :])
+        v56_aw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v56_c[None, :])
+        for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v56_p = v56_r + v56_j
+            v56_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_p[:, None] * D + v56_c[None, :])
+            v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v56_p[:, None] * D + v56_c[None, :])
+            v56_d = tl.sum(v56_xw * v56_y * tl.exp(tl.minimum(v56_aw - v56_b, 0.0)), axis=1)
+            v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v47_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v47_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v50_rows = ((-1.0) + v47_rows)
         v51_rows = (q_rows * v50_rows)
-        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v51_rows)  # park
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v51_rows)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9184,7 +9375,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9192,7 +9383,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9207,32 +9398,37 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v62 = v42
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v144 = tl.zeros((C, C), DTYPE)
     v144_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v144_xA = local_7 * v144_A
-    for v144_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v144_start = v144_k * BC
-        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v144_rows = tl.where(tl.arange(0, C) // BC == v144_k, 1.0, 0.0)
-        v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v144_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v144_p = v144_r + v144_j
-        v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v144_d = tl.sum(local_7 * v144_y * tl.exp(tl.minimum(v62 - v144_b, 0.0)), axis=1)
-        v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
+    v144 = tl.zeros((C, C), DTYPE)
+    for v144_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v144_c = v144_cb + tl.arange(0, BK)
+        v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v144_r[:, None] * BV + v144_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v144_xA = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v144_c[None, :]) * v144_A
+        for v144_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v144_start = v144_k * BC
+            v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v144_start * BV + v144_c)[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :]), 0.0)), 0.0)
+            v144_rows = tl.where(tl.arange(0, C) // BC == v144_k, 1.0, 0.0)
+            v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v144_xw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v144_c[None, :])
+        v144_aw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :])
+        for v144_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v144_p = v144_r + v144_j
+            v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + v144_p[:, None] * BV + v144_c[None, :])
+            v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v144_p[:, None] * BV + v144_c[None, :])
+            v144_d = tl.sum(v144_xw * v144_y * tl.exp(tl.minimum(v144_aw - v144_b, 0.0)), axis=1)
+            v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -9249,7 +9445,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9281,7 +9477,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9302,12 +9498,12 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v148_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v159_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v148_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v159_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
         v160_rows = (v148_rows + v159_rows)
         v161_rows = tl.sum((v160_rows), axis=1)
         v162_rows = (v161_rows / (D))
@@ -9322,9 +9518,9 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v31_rows = (v30_rows / (D))
         local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v168_rows = ((-0.5) * local_0_rows * local_2_rows * v167_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v31_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v31_rows[:, None])))))
-        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v168_rows)  # park
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v168_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v168 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v168 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v169 = tl.sum((v168), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v169.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -9362,26 +9558,26 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v136, v147, v56, v51, v144, v159, v165
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 7 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, q, v55, local_7, local_4, v42, v48, v49, v53, v66, v47, v72, v136, v147, v56, v51, v144, v159, v165
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v42 = tl.cumsum(v41, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = (v42 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v45 = tl.sum((v44), axis=0)
     v43 = v42
     v46 = (v40[:, None] * tl.exp((v45[None, :] - v43)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v48 = gate_eta
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v49 = (v46 * v48)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v53 = k
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v66 = (v49 * v53)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9409,9 +9605,9 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9425,10 +9621,10 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v69 = tl.sum((v68), axis=0)
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9523,9 +9719,9 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     v125_c0 = (tl.sqrt(v85))
     v125 = ((-0.5) * v124 / (v125_c0 * ((tl.full((), 1e-06, DTYPE) + v125_c0) * (tl.full((), 1e-06, DTYPE) + v125_c0))))
     v126 = (v125 / (D * HID))
-    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = v49
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
     v136 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9538,18 +9734,18 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v135 = ((-1.0) * v134)
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v136)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v136)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v72_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v136_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v72_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v136_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v137_rows = (v72_rows * v136_rows)
         local_8_rows = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v147_rows = (v137_rows + local_8_rows)
-        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v147_rows)  # park
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v147_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v147 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v148 = v147
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -9569,46 +9765,49 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v56_xA = q * v56_A
-    for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v56_p = v56_r + v56_j
-        v56_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v42 - v56_b, 0.0)), axis=1)
-        v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
+    v56 = tl.zeros((C, C), DTYPE)
+    for v56_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v56_c = v56_cb + tl.arange(0, BK)
+        v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v56_c[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v56_r[:, None] * D + v56_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v56_xA = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + v56_c[None, :]) * v56_A
+        for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v56_start = v56_k * BC
+            v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v56_start * D + v56_c)[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v56_c[None, :]), 0.0)), 0.0)
+            v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
+            v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + v56_c[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56_xw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + v56_c[None, :])
+        v56_aw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v56_c[None, :])
+        for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v56_p = v56_r + v56_j
+            v56_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_p[:, None] * D + v56_c[None, :])
+            v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v56_p[:, None] * D + v56_c[None, :])
+            v56_d = tl.sum(v56_xw * v56_y * tl.exp(tl.minimum(v56_aw - v56_b, 0.0)), axis=1)
+            v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v47_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v47_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v50_rows = ((-1.0) + v47_rows)
         v51_rows = (q_rows * v50_rows)
-        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v51_rows)  # park
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v51_rows)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9621,7 +9820,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9629,7 +9828,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9644,32 +9843,37 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v62 = v42
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v144 = tl.zeros((C, C), DTYPE)
     v144_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v144_xA = local_7 * v144_A
-    for v144_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v144_start = v144_k * BC
-        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v144_rows = tl.where(tl.arange(0, C) // BC == v144_k, 1.0, 0.0)
-        v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v144_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v144_p = v144_r + v144_j
-        v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v144_d = tl.sum(local_7 * v144_y * tl.exp(tl.minimum(v62 - v144_b, 0.0)), axis=1)
-        v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
+    v144 = tl.zeros((C, C), DTYPE)
+    for v144_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v144_c = v144_cb + tl.arange(0, BK)
+        v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v144_r[:, None] * BV + v144_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v144_xA = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v144_c[None, :]) * v144_A
+        for v144_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v144_start = v144_k * BC
+            v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v144_start * BV + v144_c)[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :]), 0.0)), 0.0)
+            v144_rows = tl.where(tl.arange(0, C) // BC == v144_k, 1.0, 0.0)
+            v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v144_xw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v144_c[None, :])
+        v144_aw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :])
+        for v144_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v144_p = v144_r + v144_j
+            v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + v144_p[:, None] * BV + v144_c[None, :])
+            v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v144_p[:, None] * BV + v144_c[None, :])
+            v144_d = tl.sum(v144_xw * v144_y * tl.exp(tl.minimum(v144_aw - v144_b, 0.0)), axis=1)
+            v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -9686,7 +9890,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9718,7 +9922,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9739,12 +9943,12 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v148_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v159_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v148_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v159_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
         v160_rows = (v148_rows + v159_rows)
         v161_rows = tl.sum((v160_rows), axis=1)
         v162_rows = (v161_rows / (D))
@@ -9756,9 +9960,9 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v31_rows = (v30_rows / (D))
         local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v165_rows = (local_2_rows * v164_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v31_rows[:, None])))))
-        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v165_rows)  # park
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v165_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v165 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v165 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v166 = tl.sum((v165), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v166.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -9796,26 +10000,26 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v136, v147, v56, v51, v144, v159, v172
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 7 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, q, v55, local_7, local_4, v42, v48, v49, v53, v66, v47, v72, v136, v147, v56, v51, v144, v159, v172
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v42 = tl.cumsum(v41, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = (v42 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v45 = tl.sum((v44), axis=0)
     v43 = v42
     v46 = (v40[:, None] * tl.exp((v45[None, :] - v43)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v48 = gate_eta
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v49 = (v46 * v48)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v53 = k
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v66 = (v49 * v53)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9843,9 +10047,9 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -9859,10 +10063,10 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v69 = tl.sum((v68), axis=0)
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9957,9 +10161,9 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     v125_c0 = (tl.sqrt(v85))
     v125 = ((-0.5) * v124 / (v125_c0 * ((tl.full((), 1e-06, DTYPE) + v125_c0) * (tl.full((), 1e-06, DTYPE) + v125_c0))))
     v126 = (v125 / (D * HID))
-    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = v49
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
     v136 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -9972,18 +10176,18 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v135 = ((-1.0) * v134)
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v136)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v136)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v72_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v136_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v72_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v136_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v137_rows = (v72_rows * v136_rows)
         local_8_rows = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v147_rows = (v137_rows + local_8_rows)
-        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v147_rows)  # park
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v147_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v147 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v148 = v147
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -10003,46 +10207,49 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v56_xA = q * v56_A
-    for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v56_p = v56_r + v56_j
-        v56_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v42 - v56_b, 0.0)), axis=1)
-        v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
+    v56 = tl.zeros((C, C), DTYPE)
+    for v56_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v56_c = v56_cb + tl.arange(0, BK)
+        v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v56_c[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v56_r[:, None] * D + v56_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v56_xA = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + v56_c[None, :]) * v56_A
+        for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v56_start = v56_k * BC
+            v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v56_start * D + v56_c)[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v56_c[None, :]), 0.0)), 0.0)
+            v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
+            v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + v56_c[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56_xw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + v56_c[None, :])
+        v56_aw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v56_c[None, :])
+        for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v56_p = v56_r + v56_j
+            v56_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_p[:, None] * D + v56_c[None, :])
+            v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v56_p[:, None] * D + v56_c[None, :])
+            v56_d = tl.sum(v56_xw * v56_y * tl.exp(tl.minimum(v56_aw - v56_b, 0.0)), axis=1)
+            v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v47_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v47_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v50_rows = ((-1.0) + v47_rows)
         v51_rows = (q_rows * v50_rows)
-        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v51_rows)  # park
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v51_rows)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10055,7 +10262,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10063,7 +10270,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10078,32 +10285,37 @@ def chunk_grad_ln_weight_4_bwd_kernel(
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v62 = v42
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v144 = tl.zeros((C, C), DTYPE)
     v144_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v144_xA = local_7 * v144_A
-    for v144_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v144_start = v144_k * BC
-        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v144_rows = tl.where(tl.arange(0, C) // BC == v144_k, 1.0, 0.0)
-        v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v144_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v144_p = v144_r + v144_j
-        v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v144_d = tl.sum(local_7 * v144_y * tl.exp(tl.minimum(v62 - v144_b, 0.0)), axis=1)
-        v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
+    v144 = tl.zeros((C, C), DTYPE)
+    for v144_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v144_c = v144_cb + tl.arange(0, BK)
+        v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v144_r[:, None] * BV + v144_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v144_xA = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v144_c[None, :]) * v144_A
+        for v144_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v144_start = v144_k * BC
+            v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v144_start * BV + v144_c)[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :]), 0.0)), 0.0)
+            v144_rows = tl.where(tl.arange(0, C) // BC == v144_k, 1.0, 0.0)
+            v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v144_xw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v144_c[None, :])
+        v144_aw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :])
+        for v144_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v144_p = v144_r + v144_j
+            v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + v144_p[:, None] * BV + v144_c[None, :])
+            v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v144_p[:, None] * BV + v144_c[None, :])
+            v144_d = tl.sum(v144_xw * v144_y * tl.exp(tl.minimum(v144_aw - v144_b, 0.0)), axis=1)
+            v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -10120,7 +10332,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10152,7 +10364,7 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10173,13 +10385,13 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v148_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v159_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v148_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v159_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
         v160_rows = (v148_rows + v159_rows)
         v161_rows = tl.sum((v160_rows), axis=1)
         v162_rows = (v161_rows / (D))
@@ -10200,9 +10412,9 @@ def chunk_grad_ln_weight_4_bwd_kernel(
         v171_rows_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v171_rows_c0)))
         v171_rows = (v170_rows * ((3.0 * v171_rows_c1) + (3.0 * v171_rows_c0 / (v171_rows_c1))))
         v172_rows = (local_0_rows * v171_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v31_rows[:, None])))))
-        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v172_rows)  # park
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v172_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v172 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v172 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v173 = tl.sum((v172), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v173.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -10316,26 +10528,26 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 6 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, v55, local_4, v42, v48, v49, v53, v66, v47, v72, v136, v147, v56, v51, v144, v159, v171
+    scratch = scratch_ptr + slot * (3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 7 * C * BV + 2 * C * C)  # v15, v26, v21, v54, v71, v91, v92, v64, v77, v87, v122, v128, v140, v57, v58, v61, v146, v142, v154, v158, q, v55, local_7, local_4, v42, v48, v49, v53, v66, v47, v72, v136, v147, v56, v51, v144, v159, v171
     v40 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v41 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v42 = tl.cumsum(v41, axis=0, reverse=False)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v42)  # park
     v44 = (v42 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v45 = tl.sum((v44), axis=0)
     v43 = v42
     v46 = (v40[:, None] * tl.exp((v45[None, :] - v43)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v48 = gate_eta
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     v49 = (v46 * v48)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v53 = k
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v53)  # park
     v66 = (v49 * v53)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v66)  # park
     v12 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10363,9 +10575,9 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v19 = (v18 / (D * HID))
     v20 = (1.0 / ((tl.full((), 1e-06, DTYPE) + (tl.sqrt(v19)))))  # pnorm 1/(mu_q(P)^(q-2)+eps)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v47 = tl.exp(v42)  # cumulative decay in the chunk
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v47)  # park
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10379,10 +10591,10 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v54 = v36
         tl.store(scratch + HID * D + C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v68 = (v47 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v69 = tl.sum((v68), axis=0)
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v79 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10477,9 +10689,9 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     v125_c0 = (tl.sqrt(v85))
     v125 = ((-0.5) * v124 / (v125_c0 * ((tl.full((), 1e-06, DTYPE) + v125_c0) * (tl.full((), 1e-06, DTYPE) + v125_c0))))
     v126 = (v125 / (D * HID))
-    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v72 = v49
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v72)  # park
     v136 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10492,18 +10704,18 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v135 = ((-1.0) * v134)
         v64 = tl.load(scratch + 2 * HID * D + 2 * C * HID + BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :])
         v136 += tl.dot(v64.to(DOT_DTYPE), tl.trans(v135).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v136)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v136)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v72_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v136_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v72_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v136_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v137_rows = (v72_rows * v136_rows)
         local_8_rows = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v147_rows = (v137_rows + local_8_rows)
-        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v147_rows)  # park
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v147_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v147 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v147 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v148 = v147
     v130 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -10523,46 +10735,49 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v129 = (v121 * (v71 * v71) * tl.abs(v71) * tl.where(v71 > 0, 1.0, tl.where(v71 < 0, -1.0, 0.0)))
         v130 += tl.sum(tl.sum((v129), axis=1), axis=0)
     tl.debug_barrier()
-    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v53 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v48)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v56_xA = q * v56_A
-    for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v56_p = v56_r + v56_j
-        v56_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v42 - v56_b, 0.0)), axis=1)
-        v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
+    v56 = tl.zeros((C, C), DTYPE)
+    for v56_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v56_c = v56_cb + tl.arange(0, BK)
+        v56_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v56_c[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v56_r[:, None] * D + v56_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v56_xA = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + v56_c[None, :]) * v56_A
+        for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v56_start = v56_k * BC
+            v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v56_start * D + v56_c)[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v56_c[None, :]), 0.0)), 0.0)
+            v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
+            v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * D + v56_c[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56_xw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + tl.arange(0, C)[:, None] * D + v56_c[None, :])
+        v56_aw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v56_c[None, :])
+        for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v56_p = v56_r + v56_j
+            v56_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v56_p[:, None] * D + v56_c[None, :])
+            v56_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v56_p[:, None] * D + v56_c[None, :])
+            v56_d = tl.sum(v56_xw * v56_y * tl.exp(tl.minimum(v56_aw - v56_b, 0.0)), axis=1)
+            v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v47_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v47_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v50_rows = ((-1.0) + v47_rows)
         v51_rows = (q_rows * v50_rows)
-        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v51_rows)  # park
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v51_rows)  # park
     v131_c0 = (tl.sqrt(v80))
     v131 = ((-0.5) * v130 / (v131_c0 * ((tl.full((), 1e-06, DTYPE) + v131_c0) * (tl.full((), 1e-06, DTYPE) + v131_c0))))
     v132 = (v131 / (HID * D))
     tl.debug_barrier()  # parked tiles other threads stored
-    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 5 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v66 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 6 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10575,7 +10790,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v140 = tl.dot(v66.to(DOT_DTYPE), tl.trans(v139).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 3 * C * HID + 4 * BV * HID + 2 * HID + offs_s[:, None] * HID + offs_h[None, :], v140)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10583,7 +10798,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * HID * D + 4 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v23 = tl.zeros((), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -10598,32 +10813,37 @@ def chunk_grad_ln_bias_2_bwd_kernel(
     tl.debug_barrier()
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v42 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v62 = v42
-    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v43 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = v43
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_7 = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_7)
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v144 = tl.zeros((C, C), DTYPE)
     v144_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v144_xA = local_7 * v144_A
-    for v144_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v144_start = v144_k * BC
-        v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v144_rows = tl.where(tl.arange(0, C) // BC == v144_k, 1.0, 0.0)
-        v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v144_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v144_p = v144_r + v144_j
-        v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + C * D + C * BV + v144_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v144_d = tl.sum(local_7 * v144_y * tl.exp(tl.minimum(v62 - v144_b, 0.0)), axis=1)
-        v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
+    v144 = tl.zeros((C, C), DTYPE)
+    for v144_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v144_c = v144_cb + tl.arange(0, BK)
+        v144_A = tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :]) - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v144_r[:, None] * BV + v144_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v144_xA = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v144_c[None, :]) * v144_A
+        for v144_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v144_start = v144_k * BC
+            v144_B = tl.where(tl.arange(0, C)[:, None] < v144_start, tl.exp(tl.minimum(tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v144_start * BV + v144_c)[None, :] - tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :]), 0.0)), 0.0)
+            v144_rows = tl.where(tl.arange(0, C) // BC == v144_k, 1.0, 0.0)
+            v144 += v144_rows[:, None] * tl.dot((v144_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :]) * v144_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v144_xw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v144_c[None, :])
+        v144_aw = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v144_c[None, :])
+        for v144_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v144_p = v144_r + v144_j
+            v144_y = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + C * BV + v144_p[:, None] * BV + v144_c[None, :])
+            v144_b = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 2 * C * D + 2 * C * BV + v144_p[:, None] * BV + v144_c[None, :])
+            v144_d = tl.sum(v144_xw * v144_y * tl.exp(tl.minimum(v144_aw - v144_b, 0.0)), axis=1)
+            v144 += tl.where(tl.arange(0, C)[None, :] == v144_p[:, None], v144_d[:, None], 0.0)
     v144 = v144 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v144)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_9 = tl.load(local_9_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v24 = (v23 / (HID * D))
@@ -10640,7 +10860,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v61 = (v60 + v59)
         tl.store(scratch + 3 * HID * D + 6 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v61)
     tl.debug_barrier()
-    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v144 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10672,7 +10892,7 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v154 = ((-1.0) * v153)
         tl.store(scratch + 3 * HID * D + 9 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :], v154)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -10693,13 +10913,13 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v21 = tl.load(scratch + HID * D + C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v158 = tl.load(scratch + 3 * HID * D + 10 * C * HID + 4 * BV * HID + 2 * HID + offs_t[:, None] * HID + offs_h[None, :])
         v159 += (tl.dot(v158.to(DOT_DTYPE), tl.trans(v21).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v21.to(DOT_DTYPE), tl.trans(v158).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
+    tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v159)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v148_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 7 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v159_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v148_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v159_rows = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
         v160_rows = (v148_rows + v159_rows)
         v161_rows = tl.sum((v160_rows), axis=1)
         v162_rows = (v161_rows / (D))
@@ -10719,8 +10939,8 @@ def chunk_grad_ln_bias_2_bwd_kernel(
         v171_rows_c0 = (local_1_rows * local_1_rows)
         v171_rows_c1 = (tl.sqrt((tl.full((), 1e-06, DTYPE) + v171_rows_c0)))
         v171_rows = (v170_rows * ((3.0 * v171_rows_c1) + (3.0 * v171_rows_c0 / (v171_rows_c1))))
-        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v171_rows)  # park
+        tl.store(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v171_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v171 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v171 = tl.load(scratch + 3 * HID * D + 11 * C * HID + 4 * BV * HID + 2 * HID + 9 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v172 = tl.sum((v171), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v172.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)

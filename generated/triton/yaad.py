@@ -61,9 +61,11 @@ DESCRIPTION = {'spec': 'yaad',
                                      ['t', 'h'],
                                      ['s', 'h'],
                                      ['t', 'h'],
+                                     ['t', 'i'],
                                      ['t', 's'],
                                      ['s', 'o'],
                                      ['t', 's'],
+                                     ['t', 'o'],
                                      ['t', 'i'],
                                      ['t', 'o'],
                                      ['t', 'i'],
@@ -95,10 +97,13 @@ DESCRIPTION = {'spec': 'yaad',
                                        ['t', 'h'],
                                        ['t', 'h'],
                                        ['s', 'h'],
+                                       ['t', 'i'],
                                        ['s', 'i'],
                                        ['s', 'o'],
                                        ['t', 's'],
                                        ['t', 'o'],
+                                       ['t', 'o'],
+                                       ['s', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
                                        ['t', 'o'],
@@ -195,9 +200,12 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'i'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 's'],
                                           ['t', 's'],
+                                          ['t', 'i'],
                                           ['t', 'i'],
                                           ['t', 'i'],
                                           ['s', 'i'],
@@ -219,6 +227,8 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'i'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['t', 'i'],
@@ -242,10 +252,12 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['s', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'i'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 's'],
-                                          ['t', 'i'],
                                           ['t', 's'],
+                                          ['s', 'i'],
                                           ['s', 'i'],
                                           ['s', 'i'],
                                           ['t', 'i'],
@@ -277,6 +289,8 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['h', 'i'],
                                           ['t', 'h'],
                                           ['o', 'h'],
+                                          ['t', 'i'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['s', 'i'],
                                           ['s', 'i'],
@@ -319,7 +333,9 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'i'],
                                           ['s', 'i'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 'i'],
                                           ['s', 'i'],
@@ -353,6 +369,8 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['h', 'i'],
                                           ['t', 'h'],
                                           ['o', 'h'],
+                                          ['t', 'i'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['s', 'i'],
                                           ['s', 'i'],
@@ -388,7 +406,9 @@ DESCRIPTION = {'spec': 'yaad',
                                           ['t', 'h'],
                                           ['t', 'h'],
                                           ['t', 'h'],
+                                          ['t', 'i'],
                                           ['s', 'i'],
+                                          ['t', 'o'],
                                           ['s', 'o'],
                                           ['t', 'o'],
                                           ['t', 'i'],
@@ -418,9 +438,11 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['s', 'h'],
+                                                   ['t', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
+                                                   ['t', 'o'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
@@ -444,9 +466,12 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t', 'i'],
+                                                   ['t', 'o'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
                                                    ['t', 's'],
+                                                   ['t', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
@@ -470,9 +495,12 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t', 'i'],
                                                    ['t', 's'],
                                                    ['s', 'o'],
                                                    ['t', 's'],
+                                                   ['t', 'o'],
+                                                   ['t', 'o'],
                                                    ['s', 'i'],
                                                    ['t', 'i'],
                                                    ['t', 's'],
@@ -518,12 +546,14 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['s', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
-                                                   ['s', 'o'],
                                                    ['t', 'i'],
-                                                   ['t', 's'],
-                                                   ['t', 's'],
-                                                   ['t', 's'],
                                                    ['t', 'o'],
+                                                   ['s', 'o'],
+                                                   ['t', 's'],
+                                                   ['t', 's'],
+                                                   ['t', 's'],
+                                                   ['s', 'i'],
+                                                   ['s', 'o'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
@@ -555,9 +585,11 @@ DESCRIPTION = {'spec': 'yaad',
                                                  ['t', 'h'],
                                                  ['t', 'h'],
                                                  ['s', 'h'],
+                                                 ['t', 'i'],
                                                  ['t', 'o'],
                                                  ['t', 's'],
                                                  ['t', 's'],
+                                                 ['s', 'o'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
                                                  ['t', 's'],
@@ -582,10 +614,12 @@ DESCRIPTION = {'spec': 'yaad',
                                                  ['s', 'h'],
                                                  ['t', 'h'],
                                                  ['t', 'h'],
+                                                 ['t', 'i'],
+                                                 ['t', 'o'],
                                                  ['s', 'o'],
                                                  ['t', 's'],
-                                                 ['t', 'i'],
                                                  ['t', 's'],
+                                                 ['s', 'i'],
                                                  ['s', 'i'],
                                                  ['t', 'i'],
                                                  ['t', 'i'],
@@ -629,6 +663,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['h', 'i'],
                                                    ['t', 'h'],
                                                    ['o', 'h'],
+                                                   ['t', 'i'],
+                                                   ['t', 'o'],
                                                    ['s', 'o'],
                                                    ['s', 'i'],
                                                    ['s', 'i'],
@@ -664,7 +700,9 @@ DESCRIPTION = {'spec': 'yaad',
                                                    ['t', 'h'],
                                                    ['t', 'h'],
                                                    ['t', 'h'],
+                                                   ['t', 'i'],
                                                    ['s', 'i'],
+                                                   ['t', 'o'],
                                                    ['s', 'o'],
                                                    ['t', 'o'],
                                                    ['t', 'i'],
@@ -693,9 +731,11 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['s', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['t', 'i'],
                                                   ['t', 's'],
                                                   ['s', 'o'],
                                                   ['t', 's'],
+                                                  ['t', 'o'],
                                                   ['s', 'i'],
                                                   ['t', 'i'],
                                                   ['t', 's'],
@@ -725,7 +765,9 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['t', 'i'],
                                                   ['s', 'i'],
+                                                  ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
                                                   ['s', 'i'],
@@ -759,7 +801,9 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['t', 'h'],
                                                   ['t', 'h'],
                                                   ['t', 'h'],
+                                                  ['t', 'i'],
                                                   ['s', 'i'],
+                                                  ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['t', 'i'],
                                                   ['s', 'i'],
@@ -794,6 +838,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                   ['h', 'i'],
                                                   ['t', 'h'],
                                                   ['o', 'h'],
+                                                  ['t', 'i'],
+                                                  ['t', 'o'],
                                                   ['s', 'o'],
                                                   ['s', 'i'],
                                                   ['s', 'i'],
@@ -839,6 +885,8 @@ DESCRIPTION = {'spec': 'yaad',
                                                 ['h', 'i'],
                                                 ['t', 'h'],
                                                 ['o', 'h'],
+                                                ['t', 'i'],
+                                                ['t', 'o'],
                                                 ['s', 'o'],
                                                 ['s', 'i'],
                                                 ['s', 'i'],
@@ -1093,58 +1141,62 @@ def chunk_out_fwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * C + 11 * C * BV + 5 * C * D + C)  # v45, v10, v11, v47, v52, v61, v62, causal, v40, v53, v44, v46, v43, v48, v49, v12, v14, v35, v55, v62, v56, v57, v63, v71, v72
+    scratch = scratch_ptr + slot * (5 * C * HID + 6 * C * D + 3 * C * C + 12 * C * BV + C)  # v45, v10, v11, v47, v52, q, v61, v62, causal, v63, v40, v53, v44, v46, v43, v48, v49, v12, v14, v35, v55, v62, v56, v57, v63, v71, v72
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v39 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v40 = tl.cumsum(v39, axis=0, reverse=False)
-    tl.store(scratch + 5 * C * HID + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + 5 * C * HID + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v40)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v40_rows = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v40_rows = tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v42_rows = tl.exp(v40_rows)  # cumulative decay in the chunk
         v53_rows = v42_rows
-        tl.store(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + offs_rb[:, None] * D + offs_o[None, :], v53_rows)  # park
+        tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v53_rows)  # park
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
         v44_rows = (q_rows * v42_rows)
-        tl.store(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :], v44_rows)  # park
+        tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v44_rows)  # park
         k_rows = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
     v46 = k
-    tl.store(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v46)  # park
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v46)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v43 = gate_eta
-    tl.store(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v43)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v46 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v48 = (v46 * v43)
-    tl.store(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v41 = v40
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
-    v48 = tl.load(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v49 = tl.zeros((C, C), DTYPE)
     v49_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v49_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + v49_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v49_xA = q * v49_A
-    for v49_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v49_start = v49_k * BC
-        v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + v49_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v49_rows = tl.where(tl.arange(0, C) // BC == v49_k, 1.0, 0.0)
-        v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + 4 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v49_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v49_p = v49_r + v49_j
-        v49_y = tl.load(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + 4 * C * D + v49_p[:, None] * D + tl.arange(0, D)[None, :])
-        v49_b = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + v49_p[:, None] * D + tl.arange(0, D)[None, :])
-        v49_d = tl.sum(q * v49_y * tl.exp(tl.minimum(v40 - v49_b, 0.0)), axis=1)
-        v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
+    v49 = tl.zeros((C, C), DTYPE)
+    for v49_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v49_c = v49_cb + tl.arange(0, BK)
+        v49_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + v49_c[None, :]) - tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + 2 * C * BV + v49_r[:, None] * D + v49_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v49_xA = tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + v49_c[None, :]) * v49_A
+        for v49_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v49_start = v49_k * BC
+            v49_B = tl.where(tl.arange(0, C)[:, None] < v49_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + 2 * C * BV + v49_start * D + v49_c)[None, :] - tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + v49_c[None, :]), 0.0)), 0.0)
+            v49_rows = tl.where(tl.arange(0, C) // BC == v49_k, 1.0, 0.0)
+            v49 += v49_rows[:, None] * tl.dot((v49_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * D + v49_c[None, :]) * v49_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v49_xw = tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + v49_c[None, :])
+        v49_aw = tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + v49_c[None, :])
+        for v49_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v49_p = v49_r + v49_j
+            v49_y = tl.load(scratch + 5 * C * HID + 5 * C * D + 2 * C * C + 3 * C * BV + v49_p[:, None] * D + v49_c[None, :])
+            v49_b = tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + 2 * C * BV + v49_p[:, None] * D + v49_c[None, :])
+            v49_d = tl.sum(v49_xw * v49_y * tl.exp(tl.minimum(v49_aw - v49_b, 0.0)), axis=1)
+            v49 += tl.where(tl.arange(0, C)[None, :] == v49_p[:, None], v49_d[:, None], 0.0)
     v49 = v49 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + 5 * C * D + offs_t[:, None] * C + offs_s[None, :], v49)  # park
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v49)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v44 = tl.load(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v44 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1169,17 +1221,17 @@ def chunk_out_fwd_kernel(
         v11 = tl.load(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v12 += tl.dot(v11.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 5 * C * HID + 3 * C * C + 2 * C * BV + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v12)  # park
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v12)  # park
     v14 = tl.sum((v12), axis=1)
-    tl.store(scratch + 5 * C * HID + 3 * C * C + 3 * C * BV + 5 * C * D + offs_t, v14)  # park
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_t, v14)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         k_rows = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v12_rows = tl.load(scratch + 5 * C * HID + 3 * C * C + 2 * C * BV + 5 * C * D + offs_rb[:, None] * D + offs_o[None, :])
-        v14_rows = tl.load(scratch + 5 * C * HID + 3 * C * C + 3 * C * BV + 5 * C * D + offs_rb)
+        v12_rows = tl.load(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v14_rows = tl.load(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + offs_rb)
         v15_rows = (v14_rows / (D))
         v16_rows = (v12_rows - v15_rows[:, None])
         v17_rows = (v16_rows * v16_rows)
@@ -1203,9 +1255,9 @@ def chunk_out_fwd_kernel(
         v33_rows = tl.sum((v32_rows), axis=1)
         v34_rows = (v33_rows / (D))
         v35_rows = (v31_rows + v34_rows[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
-        tl.store(scratch + 5 * C * HID + 3 * C * C + 3 * C * BV + 5 * C * D + C + offs_rb[:, None] * D + offs_o[None, :], v35_rows)  # park
+        tl.store(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + C + offs_rb[:, None] * D + offs_o[None, :], v35_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 5 * C * HID + 3 * C * C + 3 * C * BV + 5 * C * D + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1217,7 +1269,7 @@ def chunk_out_fwd_kernel(
         v47 = v37
         tl.store(scratch + 3 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v47)
     tl.debug_barrier()
-    v49 = tl.load(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + 5 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v49 = tl.load(scratch + 5 * C * HID + 6 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1236,28 +1288,28 @@ def chunk_out_fwd_kernel(
         v52 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v54 += tl.dot(v52.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v53 = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v53 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = (v53 * v54)
-    tl.store(scratch + 5 * C * HID + 3 * C * C + 4 * C * BV + 5 * C * D + C + offs_t[:, None] * D + offs_o[None, :], v55)  # park
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v55)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 5 * C * HID + 3 * C * C + 3 * C * BV + 5 * C * D + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v60 = v35
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v43_rows = tl.load(scratch + 5 * C * HID + 2 * C * C + 2 * C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v60_rows = tl.load(scratch + 5 * C * HID + 3 * C * C + 3 * C * BV + 5 * C * D + C + offs_rb[:, None] * D + offs_o[None, :])
+        v43_rows = tl.load(scratch + 5 * C * HID + 4 * C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v60_rows = tl.load(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 4 * C * BV + C + offs_rb[:, None] * D + offs_o[None, :])
         v58_rows = v43_rows
         v62_rows = (v60_rows * v58_rows)
-        tl.store(scratch + 5 * C * HID + 3 * C * C + 5 * C * BV + 5 * C * D + C + offs_rb[:, None] * D + offs_o[None, :], v62_rows)  # park
+        tl.store(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + C + offs_rb[:, None] * D + offs_o[None, :], v62_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v40 = tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v56 = v40
-    tl.store(scratch + 5 * C * HID + 3 * C * C + 6 * C * BV + 5 * C * D + C + offs_t[:, None] * D + offs_o[None, :], v56)  # park
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v41 = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v41 = tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = v41
-    tl.store(scratch + 5 * C * HID + 3 * C * C + 7 * C * BV + 5 * C * D + C + offs_s[:, None] * D + offs_o[None, :], v57)  # park
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 8 * C * BV + C + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     v61 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1267,39 +1319,43 @@ def chunk_out_fwd_kernel(
         v52 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v61 += tl.dot(v52.to(DOT_DTYPE), tl.trans(v59).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 5 * C * HID + 3 * C * C + 6 * C * BV + 5 * C * D + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v57 = tl.load(scratch + 5 * C * HID + 3 * C * C + 7 * C * BV + 5 * C * D + C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v62 = tl.load(scratch + 5 * C * HID + 3 * C * C + 5 * C * BV + 5 * C * D + C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
-    tl.store(scratch + 5 * C * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
-    tl.store(scratch + 5 * C * HID + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v62 = tl.load(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 6 * C * BV + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v61)
+    tl.store(scratch + 5 * C * HID + C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v62)
+    tl.store(scratch + 5 * C * HID + C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v63 = tl.zeros((C, BV), DTYPE)
     v63_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v63_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + v63_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v63_start = v63_k * BC
-        v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + v63_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
-        v63 += v63_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v63 = v63 * v63_A
-    for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v63_p = v63_r + v63_j
-        v63_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * C + v63_p)
-        v63_y = tl.load(scratch + 5 * C * HID + C * C + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v63_m = tl.load(scratch + 5 * C * HID + C * C + C * BV + tl.arange(0, C) * C + v63_p)
-        v63_b = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + v63_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v63 += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v56 - v63_b, 0.0))
+    for v63_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v63_c = v63_cb + tl.arange(0, BK)
+        v63_block = tl.zeros((C, BK), DTYPE)
+        v63_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v63_c[None, :]) - tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + 2 * C * BV + v63_r[:, None] * BV + v63_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        for v63_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v63_start = v63_k * BC
+            v63_B = tl.where(tl.arange(0, C)[:, None] < v63_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + 2 * C * BV + v63_start * BV + v63_c)[None, :] - tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v63_c[None, :]), 0.0)), 0.0)
+            v63_rows = tl.where(tl.arange(0, C) // BC == v63_k, 1.0, 0.0)
+            v63_block += v63_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + C * D + C * C + tl.arange(0, C)[:, None] * BV + v63_c[None, :]) * v63_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v63_block = v63_block * v63_A
+        v63_aw = tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v63_c[None, :])
+        for v63_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v63_p = v63_r + v63_j
+            v63_x = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * C + v63_p)
+            v63_y = tl.load(scratch + 5 * C * HID + C * D + C * C + v63_p[:, None] * BV + v63_c[None, :])
+            v63_m = tl.load(scratch + 5 * C * HID + C * D + C * C + C * BV + tl.arange(0, C) * C + v63_p)
+            v63_b = tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + 2 * C * BV + v63_p[:, None] * BV + v63_c[None, :])
+            v63_block += v63_x[:, None] * v63_y * v63_m[:, None] * tl.exp(tl.minimum(v63_aw - v63_b, 0.0))
+        tl.store(scratch + 5 * C * HID + C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + v63_c[None, :], v63_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v63 = tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 5 * C * HID + 3 * C * C + 8 * C * BV + 5 * C * D + C + offs_t[:, None] * D + offs_o[None, :], v63)  # park
+    tl.store(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_o[None, :], v63)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v55_rows = tl.load(scratch + 5 * C * HID + 3 * C * C + 4 * C * BV + 5 * C * D + C + offs_rb[:, None] * D + offs_o[None, :])
-        v63_rows = tl.load(scratch + 5 * C * HID + 3 * C * C + 8 * C * BV + 5 * C * D + C + offs_rb[:, None] * D + offs_o[None, :])
+        v55_rows = tl.load(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 5 * C * BV + C + offs_rb[:, None] * D + offs_o[None, :])
+        v63_rows = tl.load(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 9 * C * BV + C + offs_rb[:, None] * D + offs_o[None, :])
         v64_rows = (v55_rows - v63_rows)
         v65_rows = tl.sum((v64_rows), axis=1)
         v66_rows = (v65_rows / (D))
@@ -1308,12 +1364,12 @@ def chunk_out_fwd_kernel(
         v69_rows = tl.sum((v68_rows), axis=1)
         v70_rows = (v69_rows / (D))
         v71_rows = (ln_bias[None, :] + (v67_rows * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v70_rows[:, None]))))))
-        tl.store(scratch + 5 * C * HID + 3 * C * C + 9 * C * BV + 5 * C * D + C + offs_rb[:, None] * D + offs_o[None, :], v71_rows)  # park
+        tl.store(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 10 * C * BV + C + offs_rb[:, None] * D + offs_o[None, :], v71_rows)  # park
         v72_rows = q_rows
-        tl.store(scratch + 5 * C * HID + 3 * C * C + 10 * C * BV + 5 * C * D + C + offs_rb[:, None] * D + offs_o[None, :], v72_rows)  # park
+        tl.store(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 11 * C * BV + C + offs_rb[:, None] * D + offs_o[None, :], v72_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v71 = tl.load(scratch + 5 * C * HID + 3 * C * C + 9 * C * BV + 5 * C * D + C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v72 = tl.load(scratch + 5 * C * HID + 3 * C * C + 10 * C * BV + 5 * C * D + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v71 = tl.load(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 10 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v72 = tl.load(scratch + 5 * C * HID + 6 * C * D + 3 * C * C + 11 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v73 = (v71 + v72)  # read: M(q_t; W_t)
     tl.store(out_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v73.to(out_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -1350,7 +1406,7 @@ def chunk_local_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (6 * C * HID + 5 * C * D + 18 * C * BV + 3 * C * C + 2 * C)  # v10, v11, v54, v57, v59, v66, v55, v69, causal, v93, v16, v20, v22, v30, v26, v31, v34, v35, v49, v65, v69, v41, v43, v78, v56, v48, v51, v63, v64, v68, v70, v60, v61, v92
+    scratch = scratch_ptr + slot * (6 * C * HID + 6 * C * D + 20 * C * BV + 3 * C * C + 2 * C)  # v10, v11, v54, v57, v59, v66, q, v55, v69, causal, v93, v70, v94, v16, v20, v22, v30, v26, v31, v34, v35, v49, v65, v69, v41, v43, v78, v56, v48, v51, v63, v64, v68, v70, v60, v61, v92
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1373,133 +1429,138 @@ def chunk_local_bwd_kernel(
     v15 = (v14 / (D))
     v16 = (v12 - v15[:, None])
     tl.store(local_0_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v16.to(local_0_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 6 * C * HID + C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v16)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v16)  # park
     v17 = (v16 * v16)
     v18 = tl.sum((v17), axis=1)
     v19 = (v18 / (D))
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     ln_bias = tl.load(ln_bias_ptr + row * D + offs_o).to(DTYPE)
     v20 = (ln_bias[None, :] + (v16 * ln_weight[None, :] / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None]))))))
-    tl.store(scratch + 6 * C * HID + C * D + 3 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v20)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v20)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         k_rows = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v20_rows = tl.load(scratch + 6 * C * HID + C * D + 3 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v20_rows = tl.load(scratch + 6 * C * HID + 2 * C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :])
         v21_rows = k_rows
         v22_rows = (v20_rows + v21_rows)  # memory output M(x)
-        tl.store(scratch + 6 * C * HID + C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :], v22_rows)  # park
+        tl.store(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :], v22_rows)  # park
         v_rows = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
     v = tl.load(v_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
-    v22 = tl.load(scratch + 6 * C * HID + C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v22 = tl.load(scratch + 6 * C * HID + 2 * C * D + 6 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v23 = (v22 - v)
     tl.store(local_1_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v23.to(local_1_ptr.dtype.element_ty), mask=nv > 0)
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_delta
     v25 = tl.where((v24 >= tl.abs(v23)), v23, (1.0 * v24 * (2.0 * tl.sigmoid(2.0 * (10.0 * v23)) - 1.0)))  # inner gradient signal g = dl/dy
     tl.store(local_2_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v25.to(local_2_ptr.dtype.element_ty), mask=nv > 0)
-    v16 = tl.load(scratch + 6 * C * HID + C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v16 = tl.load(scratch + 6 * C * HID + 2 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v27 = ((-0.5) * v16 * ln_weight[None, :] * v25 / (((tl.full((), 1e-05, DTYPE) + v19[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
     v28 = tl.sum((v27), axis=1)
     v29 = (v28 / (D))
     v30 = (2.0 * v16 * v29[:, None])
-    tl.store(scratch + 6 * C * HID + C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v30)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 7 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v30)  # park
     v26 = (ln_weight[None, :] * v25 / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v19[:, None])))))
-    tl.store(scratch + 6 * C * HID + C * D + 6 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v26)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 8 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :], v26)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v26_rows = tl.load(scratch + 6 * C * HID + C * D + 6 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :])
-        v30_rows = tl.load(scratch + 6 * C * HID + C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v26_rows = tl.load(scratch + 6 * C * HID + 2 * C * D + 8 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v30_rows = tl.load(scratch + 6 * C * HID + 2 * C * D + 7 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :])
         v31_rows = (v26_rows + v30_rows)
-        tl.store(scratch + 6 * C * HID + C * D + 7 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :], v31_rows)  # park
+        tl.store(scratch + 6 * C * HID + 2 * C * D + 9 * C * BV + C * C + offs_rb[:, None] * D + offs_o[None, :], v31_rows)  # park
         v32_rows = ((-1.0) * v31_rows)
         v33_rows = tl.sum((v32_rows), axis=1)
         v34_rows = (v33_rows / (D))
-        tl.store(scratch + 6 * C * HID + C * D + 8 * C * BV + C * C + offs_rb, v34_rows)  # park
+        tl.store(scratch + 6 * C * HID + 2 * C * D + 10 * C * BV + C * C + offs_rb, v34_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v31 = tl.load(scratch + 6 * C * HID + C * D + 7 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v34 = tl.load(scratch + 6 * C * HID + C * D + 8 * C * BV + C * C + offs_t)  # parked
+    v31 = tl.load(scratch + 6 * C * HID + 2 * C * D + 9 * C * BV + C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v34 = tl.load(scratch + 6 * C * HID + 2 * C * D + 10 * C * BV + C * C + offs_t)  # parked
     v35 = (v31 + v34[:, None])  # layer 2 pre-activation adjoint (G = adj ⊗ input)
     tl.store(local_3_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v35.to(local_3_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 6 * C * HID + C * D + 8 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v35)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 10 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :], v35)  # park
     v67 = v35
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v49 = gate_eta
-    tl.store(scratch + 6 * C * HID + C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :], v49)  # park
+    tl.store(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :], v49)  # park
     v65 = v49
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :], v65)  # park
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 11 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :], v65)  # park
     v69 = (v67 * v65)
     tl.store(local_4_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v69.to(local_4_ptr.dtype.element_ty), mask=nv > 0)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 10 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :], v69)  # park
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 12 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :], v69)  # park
     v41 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + C + offs_s, v41)  # park
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 13 * C * BV + C * C + C + offs_s, v41)  # park
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v42 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v43 = tl.cumsum(v42, axis=0, reverse=False)
-    tl.store(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_t[:, None] * D + offs_i[None, :], v43)  # park
+    tl.store(scratch + 6 * C * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + offs_t[:, None] * D + offs_i[None, :], v43)  # park
     v45 = (v43 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v46 = tl.sum((v45), axis=0)
     v44 = v43
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v41_rows = tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + C + offs_rb)
-        v44_rows = tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :])
-        v49_rows = tl.load(scratch + 6 * C * HID + C * D + 9 * C * BV + C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v41_rows = tl.load(scratch + 6 * C * HID + 3 * C * D + 13 * C * BV + C * C + C + offs_rb)
+        v44_rows = tl.load(scratch + 6 * C * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :])
+        v49_rows = tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + C + offs_rb[:, None] * D + offs_i[None, :])
         v47_rows = (v41_rows[:, None] * tl.exp((v46[None, :] - v44_rows)))  # decay from token s to the chunk's end
         v50_rows = (v47_rows * v49_rows)
         v78_rows = v50_rows
-        tl.store(scratch + 6 * C * HID + 3 * C * D + 11 * C * BV + C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v78_rows)  # park
+        tl.store(scratch + 6 * C * HID + 4 * C * D + 13 * C * BV + C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v78_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v67 = tl.load(scratch + 6 * C * HID + C * D + 8 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v78 = tl.load(scratch + 6 * C * HID + 3 * C * D + 11 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v67 = tl.load(scratch + 6 * C * HID + 2 * C * D + 10 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v78 = tl.load(scratch + 6 * C * HID + 4 * C * D + 13 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v82 = (v78 * v67)
     tl.store(local_5_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v82.to(local_5_ptr.dtype.element_ty), mask=nv > 0)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v53 = k
-    v49 = tl.load(scratch + 6 * C * HID + C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v49 = tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v55 = (v53 * v49)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v43 = tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v44 = tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
+    tl.store(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v55)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v56_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v56_xA = q * v56_A
-    for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v56_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v56_p = v56_r + v56_j
-        v56_y = tl.load(scratch + 6 * C * HID + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_b = tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v56_p[:, None] * D + tl.arange(0, D)[None, :])
-        v56_d = tl.sum(q * v56_y * tl.exp(tl.minimum(v43 - v56_b, 0.0)), axis=1)
-        v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
+    v56 = tl.zeros((C, C), DTYPE)
+    for v56_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v56_c = v56_cb + tl.arange(0, BK)
+        v56_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * D + v56_c[None, :]) - tl.load(scratch + 6 * C * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + v56_r[:, None] * D + v56_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v56_xA = tl.load(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + v56_c[None, :]) * v56_A
+        for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v56_start = v56_k * BC
+            v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + v56_start * D + v56_c)[None, :] - tl.load(scratch + 6 * C * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * D + v56_c[None, :]), 0.0)), 0.0)
+            v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
+            v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * D + v56_c[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56_xw = tl.load(scratch + 6 * C * HID + tl.arange(0, C)[:, None] * D + v56_c[None, :])
+        v56_aw = tl.load(scratch + 6 * C * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * D + v56_c[None, :])
+        for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v56_p = v56_r + v56_j
+            v56_y = tl.load(scratch + 6 * C * HID + C * D + v56_p[:, None] * D + v56_c[None, :])
+            v56_b = tl.load(scratch + 6 * C * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + v56_p[:, None] * D + v56_c[None, :])
+            v56_d = tl.sum(v56_xw * v56_y * tl.exp(tl.minimum(v56_aw - v56_b, 0.0)), axis=1)
+            v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 6 * C * HID + 3 * C * D + 12 * C * BV + C * C + 2 * C + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 6 * C * HID + 4 * C * D + 14 * C * BV + C * C + 2 * C + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v43_rows = tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :])
+        v43_rows = tl.load(scratch + 6 * C * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :])
         v48_rows = tl.exp(v43_rows)  # cumulative decay in the chunk
-        tl.store(scratch + 6 * C * HID + 3 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :], v48_rows)  # park
+        tl.store(scratch + 6 * C * HID + 4 * C * D + 14 * C * BV + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :], v48_rows)  # park
         v51_rows = (q_rows * v48_rows)
-        tl.store(scratch + 6 * C * HID + 4 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :], v51_rows)  # park
+        tl.store(scratch + 6 * C * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_i[None, :], v51_rows)  # park
         v63_rows = v43_rows
-        tl.store(scratch + 6 * C * HID + 5 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v63_rows)  # park
-    v64 = v44
-    tl.store(scratch + 6 * C * HID + 5 * C * D + 13 * C * BV + 2 * C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :], v64)  # park
+        tl.store(scratch + 6 * C * HID + 6 * C * D + 14 * C * BV + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v63_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 6 * C * HID + C * D + 8 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v44 = tl.load(scratch + 6 * C * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v64 = v44
+    tl.store(scratch + 6 * C * HID + 6 * C * D + 15 * C * BV + 2 * C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :], v64)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v35 = tl.load(scratch + 6 * C * HID + 2 * C * D + 10 * C * BV + C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1511,7 +1572,7 @@ def chunk_local_bwd_kernel(
         v54 = v37
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v54)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 6 * C * HID + 3 * C * D + 12 * C * BV + C * C + 2 * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 6 * C * HID + 4 * C * D + 14 * C * BV + C * C + 2 * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1519,7 +1580,7 @@ def chunk_local_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), v54.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 6 * C * HID + 4 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v51 = tl.load(scratch + 6 * C * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -1541,36 +1602,40 @@ def chunk_local_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 5 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v68 += tl.dot(v59.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.store(scratch + 6 * C * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * C + offs_s[None, :], v68)  # park
+    tl.store(scratch + 6 * C * HID + 6 * C * D + 16 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * C + offs_s[None, :], v68)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 6 * C * HID + 5 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = tl.load(scratch + 6 * C * HID + 5 * C * D + 13 * C * BV + 2 * C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v69 = tl.load(scratch + 6 * C * HID + 2 * C * D + 10 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    tl.store(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
-    tl.store(scratch + 6 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    v69 = tl.load(scratch + 6 * C * HID + 3 * C * D + 12 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v69)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v70 = tl.zeros((C, BV), DTYPE)
     v70_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v70_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v70_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v70_start = v70_k * BC
-        v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v70_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
-        v70 += v70_rows[:, None] * tl.dot((tl.load(scratch + 6 * C * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 6 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v70 = v70 * v70_A
-    for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v70_p = v70_r + v70_j
-        v70_x = tl.load(scratch + 6 * C * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + tl.arange(0, C) * C + v70_p)
-        v70_y = tl.load(scratch + 6 * C * HID + C * D + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v70_m = tl.load(scratch + 6 * C * HID + C * D + C * BV + tl.arange(0, C) * C + v70_p)
-        v70_b = tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v70_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v70 += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v63 - v70_b, 0.0))
+    for v70_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v70_c = v70_cb + tl.arange(0, BK)
+        v70_block = tl.zeros((C, BK), DTYPE)
+        v70_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * BV + v70_c[None, :]) - tl.load(scratch + 6 * C * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + v70_r[:, None] * BV + v70_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        for v70_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v70_start = v70_k * BC
+            v70_B = tl.where(tl.arange(0, C)[:, None] < v70_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + v70_start * BV + v70_c)[None, :] - tl.load(scratch + 6 * C * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * BV + v70_c[None, :]), 0.0)), 0.0)
+            v70_rows = tl.where(tl.arange(0, C) // BC == v70_k, 1.0, 0.0)
+            v70_block += v70_rows[:, None] * tl.dot((tl.load(scratch + 6 * C * HID + 6 * C * D + 16 * C * BV + 2 * C * C + 2 * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 6 * C * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v70_c[None, :]) * v70_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v70_block = v70_block * v70_A
+        v70_aw = tl.load(scratch + 6 * C * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * BV + v70_c[None, :])
+        for v70_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v70_p = v70_r + v70_j
+            v70_x = tl.load(scratch + 6 * C * HID + 6 * C * D + 16 * C * BV + 2 * C * C + 2 * C + tl.arange(0, C) * C + v70_p)
+            v70_y = tl.load(scratch + 6 * C * HID + 2 * C * D + v70_p[:, None] * BV + v70_c[None, :])
+            v70_m = tl.load(scratch + 6 * C * HID + 2 * C * D + C * BV + tl.arange(0, C) * C + v70_p)
+            v70_b = tl.load(scratch + 6 * C * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + v70_p[:, None] * BV + v70_c[None, :])
+            v70_block += v70_x[:, None] * v70_y * v70_m[:, None] * tl.exp(tl.minimum(v70_aw - v70_b, 0.0))
+        tl.store(scratch + 6 * C * HID + 2 * C * D + 2 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + v70_c[None, :], v70_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v70 = tl.load(scratch + 6 * C * HID + 2 * C * D + 2 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 6 * C * HID + 5 * C * D + 14 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v70)  # park
+    tl.store(scratch + 6 * C * HID + 6 * C * D + 16 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v70)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v48 = tl.load(scratch + 6 * C * HID + 3 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v48 = tl.load(scratch + 6 * C * HID + 4 * C * D + 14 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v60 = v48
-    tl.store(scratch + 6 * C * HID + 5 * C * D + 15 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v60)  # park
+    tl.store(scratch + 6 * C * HID + 6 * C * D + 17 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v60)  # park
     v61 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -1578,14 +1643,14 @@ def chunk_local_bwd_kernel(
         v59 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v61 += tl.dot(v59.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 6 * C * HID + 5 * C * D + 16 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v61)  # park
+    tl.store(scratch + 6 * C * HID + 6 * C * D + 18 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :], v61)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)  # again, parked
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v60_rows = tl.load(scratch + 6 * C * HID + 5 * C * D + 15 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
-        v61_rows = tl.load(scratch + 6 * C * HID + 5 * C * D + 16 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
-        v70_rows = tl.load(scratch + 6 * C * HID + 5 * C * D + 14 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
+        v60_rows = tl.load(scratch + 6 * C * HID + 6 * C * D + 17 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
+        v61_rows = tl.load(scratch + 6 * C * HID + 6 * C * D + 18 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
+        v70_rows = tl.load(scratch + 6 * C * HID + 6 * C * D + 16 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :])
         v62_rows = (v60_rows * v61_rows)
         v71_rows = (v62_rows - v70_rows)
         v72_rows = tl.sum((v71_rows), axis=1)
@@ -1605,38 +1670,41 @@ def chunk_local_bwd_kernel(
         v90_rows = tl.sum((v89_rows), axis=1)
         v91_rows = (v90_rows / (D))
         v92_rows = (v88_rows + v91_rows[:, None])
-        tl.store(scratch + 6 * C * HID + 5 * C * D + 17 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v92_rows)  # park
+        tl.store(scratch + 6 * C * HID + 6 * C * D + 19 * C * BV + 3 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v92_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v92 = tl.load(scratch + 6 * C * HID + 5 * C * D + 17 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 6 * C * HID + 6 * C * D + 19 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v93 = ((-1.0) * v92)
     tl.store(local_6_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v93.to(local_6_ptr.dtype.element_ty), mask=nv > 0)
-    v63 = tl.load(scratch + 6 * C * HID + 5 * C * D + 12 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v64 = tl.load(scratch + 6 * C * HID + 5 * C * D + 13 * C * BV + 2 * C * C + 2 * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    v68 = tl.load(scratch + 6 * C * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * C + offs_s[None, :])  # parked
-    tl.store(scratch + 6 * C * HID + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v93)
+    tl.store(scratch + 6 * C * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], v93)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v94 = tl.zeros((C, BV), DTYPE)
     v94_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v94_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v94_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v94_xA = tl.load(scratch + 6 * C * HID + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v94_A
-    for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v94_start = v94_k * BC
-        v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v94_start * BV + tl.arange(0, BV))[None, :] - v64, 0.0)), 0.0)
-        v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
-        v94 += v94_B * tl.dot(tl.trans((tl.load(scratch + 6 * C * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v94_xA * v94_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v94_p = v94_r + v94_j
-        v94_x = tl.load(scratch + 6 * C * HID + C * D + C * BV + C * C + v94_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v94_y = tl.load(scratch + 6 * C * HID + 5 * C * D + 14 * C * BV + 2 * C * C + 2 * C + v94_p * C + tl.arange(0, C))
-        v94_m = tl.load(scratch + 6 * C * HID + C * D + C * BV + v94_p * C + tl.arange(0, C))
-        v94_a = tl.load(scratch + 6 * C * HID + 2 * C * D + 11 * C * BV + C * C + 2 * C + v94_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v94 += v94_x * v94_y[:, None] * v94_m[:, None] * tl.exp(tl.minimum(v94_a - v64, 0.0))
+    for v94_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v94_c = v94_cb + tl.arange(0, BK)
+        v94_block = tl.zeros((C, BK), DTYPE)
+        v94_A = tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * BV + v94_c[None, :]) - tl.load(scratch + 6 * C * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + v94_r[:, None] * BV + v94_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v94_xA = tl.load(scratch + 6 * C * HID + 2 * C * D + C * BV + C * C + tl.arange(0, C)[:, None] * BV + v94_c[None, :]) * v94_A
+        for v94_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v94_start = v94_k * BC
+            v94_B = tl.where(tl.arange(0, C)[:, None] < v94_start, tl.exp(tl.minimum(tl.load(scratch + 6 * C * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + v94_start * BV + v94_c)[None, :] - tl.load(scratch + 6 * C * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * BV + v94_c[None, :]), 0.0)), 0.0)
+            v94_rows = tl.where(tl.arange(0, C) // BC == v94_k, 1.0, 0.0)
+            v94_block += v94_B * tl.dot(tl.trans((tl.load(scratch + 6 * C * HID + 6 * C * D + 16 * C * BV + 2 * C * C + 2 * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v94_xA * v94_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v94_bw = tl.load(scratch + 6 * C * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + tl.arange(0, C)[:, None] * BV + v94_c[None, :])
+        for v94_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v94_p = v94_r + v94_j
+            v94_x = tl.load(scratch + 6 * C * HID + 2 * C * D + C * BV + C * C + v94_p[:, None] * BV + v94_c[None, :])
+            v94_y = tl.load(scratch + 6 * C * HID + 6 * C * D + 16 * C * BV + 2 * C * C + 2 * C + v94_p * C + tl.arange(0, C))
+            v94_m = tl.load(scratch + 6 * C * HID + 2 * C * D + C * BV + v94_p * C + tl.arange(0, C))
+            v94_a = tl.load(scratch + 6 * C * HID + 3 * C * D + 13 * C * BV + C * C + 2 * C + v94_p[:, None] * BV + v94_c[None, :])
+            v94_block += v94_x * v94_y[:, None] * v94_m[:, None] * tl.exp(tl.minimum(v94_a - v94_bw, 0.0))
+        tl.store(scratch + 6 * C * HID + 2 * C * D + 3 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + v94_c[None, :], v94_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v94 = tl.load(scratch + 6 * C * HID + 2 * C * D + 3 * C * BV + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    v65 = tl.load(scratch + 6 * C * HID + 2 * C * D + 9 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v65 = tl.load(scratch + 6 * C * HID + 3 * C * D + 11 * C * BV + C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v95 = (v65 * v94)
     tl.store(local_7_ptr + (first_chunk + c) * C * D + offs_s[:, None] * D + offs_o[None, :], v95.to(local_7_ptr.dtype.element_ty), mask=nv > 0)
-    v60 = tl.load(scratch + 6 * C * HID + 5 * C * D + 15 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v92 = tl.load(scratch + 6 * C * HID + 5 * C * D + 17 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v60 = tl.load(scratch + 6 * C * HID + 6 * C * D + 17 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v92 = tl.load(scratch + 6 * C * HID + 6 * C * D + 19 * C * BV + 3 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v96 = (v60 * v92)
     tl.store(local_8_ptr + (first_chunk + c) * C * D + offs_t[:, None] * D + offs_o[None, :], v96.to(local_8_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -2134,79 +2202,88 @@ def chunk_grad_q_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + C * BV + 4 * C * C + 4 * C * D)  # v10, v27, v25, v31, v34, v43, v48, local_4, v49, causal, v20, v24, v26, v28, v29, v41
+    scratch = scratch_ptr + slot * (7 * C * HID + 6 * C * D + 2 * C * BV + 4 * C * C)  # v10, v27, v25, v31, v34, v43, v48, q, local_6, local_4, v49, causal, v50, v20, v24, v26, v28, v29, v41
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v19 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v20 = tl.cumsum(v19, axis=0, reverse=False)
-    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v20)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v20)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v20_rows = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v20_rows = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         v22_rows = tl.exp(v20_rows)  # cumulative decay in the chunk
         v24_rows = (q_rows * v22_rows)
-        tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :], v24_rows)  # park
+        tl.store(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v24_rows)  # park
     v26 = k
-    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v26)  # park
+    tl.store(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v26)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v23 = gate_eta
     tl.debug_barrier()  # parked tiles other threads stored
-    v26 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v26 = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v28 = (v26 * v23)
-    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 7 * C * HID + 5 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v28)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v20 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v20 = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v21 = v20
-    v28 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v29 = tl.zeros((C, C), DTYPE)
     v29_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v29_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + v29_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v29_xA = q * v29_A
-    for v29_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v29_start = v29_k * BC
-        v29_B = tl.where(tl.arange(0, C)[:, None] < v29_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + v29_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v29_rows = tl.where(tl.arange(0, C) // BC == v29_k, 1.0, 0.0)
-        v29 += v29_rows[:, None] * tl.dot((v29_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v29_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v29_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v29_p = v29_r + v29_j
-        v29_y = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + v29_p[:, None] * D + tl.arange(0, D)[None, :])
-        v29_b = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + v29_p[:, None] * D + tl.arange(0, D)[None, :])
-        v29_d = tl.sum(q * v29_y * tl.exp(tl.minimum(v20 - v29_b, 0.0)), axis=1)
-        v29 += tl.where(tl.arange(0, C)[None, :] == v29_p[:, None], v29_d[:, None], 0.0)
+    v29 = tl.zeros((C, C), DTYPE)
+    for v29_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v29_c = v29_cb + tl.arange(0, BK)
+        v29_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v29_c[None, :]) - tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v29_r[:, None] * D + v29_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v29_xA = tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + v29_c[None, :]) * v29_A
+        for v29_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v29_start = v29_k * BC
+            v29_B = tl.where(tl.arange(0, C)[:, None] < v29_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v29_start * D + v29_c)[None, :] - tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v29_c[None, :]), 0.0)), 0.0)
+            v29_rows = tl.where(tl.arange(0, C) // BC == v29_k, 1.0, 0.0)
+            v29 += v29_rows[:, None] * tl.dot((v29_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + 5 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v29_c[None, :]) * v29_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v29_xw = tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + v29_c[None, :])
+        v29_aw = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v29_c[None, :])
+        for v29_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v29_p = v29_r + v29_j
+            v29_y = tl.load(scratch + 7 * C * HID + 5 * C * D + 2 * C * BV + 2 * C * C + v29_p[:, None] * D + v29_c[None, :])
+            v29_b = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v29_p[:, None] * D + v29_c[None, :])
+            v29_d = tl.sum(v29_xw * v29_y * tl.exp(tl.minimum(v29_aw - v29_b, 0.0)), axis=1)
+            v29 += tl.where(tl.arange(0, C)[None, :] == v29_p[:, None], v29_d[:, None], 0.0)
     v29 = v29 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v29)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v29)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v32 = v20
     v33 = v21
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
+    tl.store(scratch + 7 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v41 = tl.zeros((C, C), DTYPE)
     v41_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v41_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + v41_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v41_xA = local_6 * v41_A
-    for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v41_start = v41_k * BC
-        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + v41_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
-        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v41_p = v41_r + v41_j
-        v41_y = tl.load(scratch + 7 * C * HID + v41_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v41_b = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + v41_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v41_d = tl.sum(local_6 * v41_y * tl.exp(tl.minimum(v32 - v41_b, 0.0)), axis=1)
-        v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
+    v41 = tl.zeros((C, C), DTYPE)
+    for v41_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v41_c = v41_cb + tl.arange(0, BK)
+        v41_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v41_c[None, :]) - tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v41_r[:, None] * BV + v41_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v41_xA = tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + v41_c[None, :]) * v41_A
+        for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v41_start = v41_k * BC
+            v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v41_start * BV + v41_c)[None, :] - tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v41_c[None, :]), 0.0)), 0.0)
+            v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
+            v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + v41_c[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v41_xw = tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + v41_c[None, :])
+        v41_aw = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v41_c[None, :])
+        for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v41_p = v41_r + v41_j
+            v41_y = tl.load(scratch + 7 * C * HID + C * D + C * BV + v41_p[:, None] * BV + v41_c[None, :])
+            v41_b = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v41_p[:, None] * BV + v41_c[None, :])
+            v41_d = tl.sum(v41_xw * v41_y * tl.exp(tl.minimum(v41_aw - v41_b, 0.0)), axis=1)
+            v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + C * BV + 3 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -2229,7 +2306,7 @@ def chunk_grad_q_1_bwd_kernel(
         v27 = v17
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v27)
     tl.debug_barrier()
-    v24 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2237,7 +2314,7 @@ def chunk_grad_q_1_bwd_kernel(
         v25 = tl.dot(v24.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v25)
     tl.debug_barrier()
-    v29 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v29 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2252,7 +2329,7 @@ def chunk_grad_q_1_bwd_kernel(
         v34 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v34)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 7 * C * HID + C * BV + 3 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2281,28 +2358,31 @@ def chunk_grad_q_1_bwd_kernel(
         v27 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v48 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v49 += (tl.dot(v48.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v27.to(DOT_DTYPE), tl.trans(v48).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v20 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v21 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v28 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v49)
-    tl.store(scratch + 7 * C * HID + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 7 * C * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v49)
+    tl.store(scratch + 7 * C * HID + C * D + 2 * C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v50 = tl.zeros((C, D), DTYPE)
     v50_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v50_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + v50_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v50_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v50_start = v50_k * BC
-        v50_B = tl.where(tl.arange(0, C)[:, None] < v50_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + v50_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v50_rows = tl.where(tl.arange(0, C) // BC == v50_k, 1.0, 0.0)
-        v50 += v50_rows[:, None] * tl.dot((tl.load(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v50_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v50 = v50 * v50_A
-    for v50_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v50_p = v50_r + v50_j
-        v50_x = tl.load(scratch + 7 * C * HID + C * BV + tl.arange(0, C) * C + v50_p)
-        v50_y = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + v50_p[:, None] * D + tl.arange(0, D)[None, :])
-        v50_m = tl.load(scratch + 7 * C * HID + C * BV + C * C + tl.arange(0, C) * C + v50_p)
-        v50_b = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + v50_p[:, None] * D + tl.arange(0, D)[None, :])
-        v50 += v50_x[:, None] * v50_y * v50_m[:, None] * tl.exp(tl.minimum(v20 - v50_b, 0.0))
+    for v50_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v50_c = v50_cb + tl.arange(0, BK)
+        v50_block = tl.zeros((C, BK), DTYPE)
+        v50_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v50_c[None, :]) - tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v50_r[:, None] * D + v50_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        for v50_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v50_start = v50_k * BC
+            v50_B = tl.where(tl.arange(0, C)[:, None] < v50_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v50_start * D + v50_c)[None, :] - tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v50_c[None, :]), 0.0)), 0.0)
+            v50_rows = tl.where(tl.arange(0, C) // BC == v50_k, 1.0, 0.0)
+            v50_block += v50_rows[:, None] * tl.dot((tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 7 * C * HID + 5 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v50_c[None, :]) * v50_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v50_block = v50_block * v50_A
+        v50_aw = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v50_c[None, :])
+        for v50_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v50_p = v50_r + v50_j
+            v50_x = tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + tl.arange(0, C) * C + v50_p)
+            v50_y = tl.load(scratch + 7 * C * HID + 5 * C * D + 2 * C * BV + 2 * C * C + v50_p[:, None] * D + v50_c[None, :])
+            v50_m = tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + C * C + tl.arange(0, C) * C + v50_p)
+            v50_b = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v50_p[:, None] * D + v50_c[None, :])
+            v50_block += v50_x[:, None] * v50_y * v50_m[:, None] * tl.exp(tl.minimum(v50_aw - v50_b, 0.0))
+        tl.store(scratch + 7 * C * HID + C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v50_c[None, :], v50_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v50 = tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v50.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -2340,54 +2420,58 @@ def chunk_grad_q_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + C * BV + 5 * C * D + 2 * C * C)  # v25, v10, v27, v31, v34, v43, v47, local_4, v20, v22, v24, v26, v28, v29, v41
+    scratch = scratch_ptr + slot * (7 * C * HID + 6 * C * D + 2 * C * BV + 2 * C * C)  # v25, v10, v27, v31, v34, v43, v47, q, local_6, local_4, v20, v22, v24, v26, v28, v29, v41
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v19 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v20 = tl.cumsum(v19, axis=0, reverse=False)
-    tl.store(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :], v20)  # park
+    tl.store(scratch + 7 * C * HID + C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v20)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v20_rows = tl.load(scratch + 7 * C * HID + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v20_rows = tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v22_rows = tl.exp(v20_rows)  # cumulative decay in the chunk
-        tl.store(scratch + 7 * C * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :], v22_rows)  # park
+        tl.store(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v22_rows)  # park
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
         v24_rows = (q_rows * v22_rows)
-        tl.store(scratch + 7 * C * HID + C * BV + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v24_rows)  # park
+        tl.store(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v24_rows)  # park
         k_rows = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
     v26 = k
-    tl.store(scratch + 7 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :], v26)  # park
+    tl.store(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v26)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v23 = gate_eta
     tl.debug_barrier()  # parked tiles other threads stored
-    v26 = tl.load(scratch + 7 * C * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v26 = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v28 = (v26 * v23)
-    tl.store(scratch + 7 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 7 * C * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v28)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v20 = tl.load(scratch + 7 * C * HID + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v20 = tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v21 = v20
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)  # again, parked
-    v28 = tl.load(scratch + 7 * C * HID + C * BV + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v29 = tl.zeros((C, C), DTYPE)
     v29_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v29_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + v29_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v29_xA = q * v29_A
-    for v29_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v29_start = v29_k * BC
-        v29_B = tl.where(tl.arange(0, C)[:, None] < v29_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + v29_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v29_rows = tl.where(tl.arange(0, C) // BC == v29_k, 1.0, 0.0)
-        v29 += v29_rows[:, None] * tl.dot((v29_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + C * BV + 4 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v29_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v29_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v29_p = v29_r + v29_j
-        v29_y = tl.load(scratch + 7 * C * HID + C * BV + 4 * C * D + v29_p[:, None] * D + tl.arange(0, D)[None, :])
-        v29_b = tl.load(scratch + 7 * C * HID + C * BV + v29_p[:, None] * D + tl.arange(0, D)[None, :])
-        v29_d = tl.sum(q * v29_y * tl.exp(tl.minimum(v20 - v29_b, 0.0)), axis=1)
-        v29 += tl.where(tl.arange(0, C)[None, :] == v29_p[:, None], v29_d[:, None], 0.0)
+    v29 = tl.zeros((C, C), DTYPE)
+    for v29_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v29_c = v29_cb + tl.arange(0, BK)
+        v29_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v29_c[None, :]) - tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + v29_r[:, None] * D + v29_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v29_xA = tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + v29_c[None, :]) * v29_A
+        for v29_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v29_start = v29_k * BC
+            v29_B = tl.where(tl.arange(0, C)[:, None] < v29_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + v29_start * D + v29_c)[None, :] - tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v29_c[None, :]), 0.0)), 0.0)
+            v29_rows = tl.where(tl.arange(0, C) // BC == v29_k, 1.0, 0.0)
+            v29 += v29_rows[:, None] * tl.dot((v29_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + 5 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v29_c[None, :]) * v29_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v29_xw = tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + v29_c[None, :])
+        v29_aw = tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v29_c[None, :])
+        for v29_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v29_p = v29_r + v29_j
+            v29_y = tl.load(scratch + 7 * C * HID + 5 * C * D + 2 * C * BV + v29_p[:, None] * D + v29_c[None, :])
+            v29_b = tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + v29_p[:, None] * D + v29_c[None, :])
+            v29_d = tl.sum(v29_xw * v29_y * tl.exp(tl.minimum(v29_aw - v29_b, 0.0)), axis=1)
+            v29 += tl.where(tl.arange(0, C)[None, :] == v29_p[:, None], v29_d[:, None], 0.0)
     v29 = v29 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + C * BV + 5 * C * D + offs_t[:, None] * C + offs_s[None, :], v29)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v29)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -2395,29 +2479,34 @@ def chunk_grad_q_2_bwd_kernel(
     v33 = v21
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
+    tl.store(scratch + 7 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v41 = tl.zeros((C, C), DTYPE)
     v41_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v41_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + v41_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v41_xA = local_6 * v41_A
-    for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v41_start = v41_k * BC
-        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + v41_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
-        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v41_p = v41_r + v41_j
-        v41_y = tl.load(scratch + 7 * C * HID + v41_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v41_b = tl.load(scratch + 7 * C * HID + C * BV + v41_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v41_d = tl.sum(local_6 * v41_y * tl.exp(tl.minimum(v32 - v41_b, 0.0)), axis=1)
-        v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
+    v41 = tl.zeros((C, C), DTYPE)
+    for v41_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v41_c = v41_cb + tl.arange(0, BK)
+        v41_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v41_c[None, :]) - tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + v41_r[:, None] * BV + v41_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v41_xA = tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + v41_c[None, :]) * v41_A
+        for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v41_start = v41_k * BC
+            v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + v41_start * BV + v41_c)[None, :] - tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v41_c[None, :]), 0.0)), 0.0)
+            v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
+            v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + v41_c[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v41_xw = tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + v41_c[None, :])
+        v41_aw = tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v41_c[None, :])
+        for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v41_p = v41_r + v41_j
+            v41_y = tl.load(scratch + 7 * C * HID + C * D + C * BV + v41_p[:, None] * BV + v41_c[None, :])
+            v41_b = tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + v41_p[:, None] * BV + v41_c[None, :])
+            v41_d = tl.sum(v41_xw * v41_y * tl.exp(tl.minimum(v41_aw - v41_b, 0.0)), axis=1)
+            v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v24 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2444,7 +2533,7 @@ def chunk_grad_q_2_bwd_kernel(
         v27 = v17
         tl.store(scratch + 2 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v27)
     tl.debug_barrier()
-    v29 = tl.load(scratch + 7 * C * HID + C * BV + 5 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v29 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2459,7 +2548,7 @@ def chunk_grad_q_2_bwd_kernel(
         v34 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v34)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 7 * C * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2487,7 +2576,7 @@ def chunk_grad_q_2_bwd_kernel(
         w1 = tl.load(starts_w1_ptr + (first_chunk + c) * HID * D + offs_h[:, None] * D + offs_i[None, :]).to(DTYPE)
         v47 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v48 += (tl.dot(v47.to(DOT_DTYPE), w1.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(tl.trans(w1).to(DOT_DTYPE), tl.trans(v47).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v22 = tl.load(scratch + 7 * C * HID + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v22 = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v49 = (v22 * v48)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v49.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -2525,82 +2614,89 @@ def chunk_grad_k_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 2 * C * BV + 4 * C * C + 9 * C * D + C)  # v10, v34, v37, v38, v41, v53, v58, local_4, v59, q, causal, v29, v35, v23, v36, v31, v39, v51, v61, v21, v30, v48, v62
+    scratch = scratch_ptr + slot * (7 * C * HID + 10 * C * D + 3 * C * BV + 4 * C * C + C)  # v10, v34, v37, v38, v41, v53, v58, q, local_6, local_4, v59, causal, v60, v29, v35, v23, v36, v31, v39, v51, v61, v21, v30, v48, v62
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v33 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v29 = gate_eta
-    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :], v29)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v29)  # park
     v35 = (v33 * v29)
-    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v35)  # park
+    tl.store(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v35)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v22 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v23 = tl.cumsum(v22, axis=0, reverse=False)
-    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v23)  # park
+    tl.store(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v23)  # park
     v24 = v23
-    tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v36 = tl.zeros((C, C), DTYPE)
     v36_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v36_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + v36_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v36_xA = q * v36_A
-    for v36_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v36_start = v36_k * BC
-        v36_B = tl.where(tl.arange(0, C)[:, None] < v36_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + v36_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v36_rows = tl.where(tl.arange(0, C) // BC == v36_k, 1.0, 0.0)
-        v36 += v36_rows[:, None] * tl.dot((v36_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v36_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v36_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v36_p = v36_r + v36_j
-        v36_y = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v36_p[:, None] * D + tl.arange(0, D)[None, :])
-        v36_b = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + v36_p[:, None] * D + tl.arange(0, D)[None, :])
-        v36_d = tl.sum(q * v36_y * tl.exp(tl.minimum(v23 - v36_b, 0.0)), axis=1)
-        v36 += tl.where(tl.arange(0, C)[None, :] == v36_p[:, None], v36_d[:, None], 0.0)
+    v36 = tl.zeros((C, C), DTYPE)
+    for v36_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v36_c = v36_cb + tl.arange(0, BK)
+        v36_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v36_c[None, :]) - tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v36_r[:, None] * D + v36_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v36_xA = tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + v36_c[None, :]) * v36_A
+        for v36_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v36_start = v36_k * BC
+            v36_B = tl.where(tl.arange(0, C)[:, None] < v36_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v36_start * D + v36_c)[None, :] - tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v36_c[None, :]), 0.0)), 0.0)
+            v36_rows = tl.where(tl.arange(0, C) // BC == v36_k, 1.0, 0.0)
+            v36 += v36_rows[:, None] * tl.dot((v36_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v36_c[None, :]) * v36_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v36_xw = tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + v36_c[None, :])
+        v36_aw = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v36_c[None, :])
+        for v36_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v36_p = v36_r + v36_j
+            v36_y = tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + v36_p[:, None] * D + v36_c[None, :])
+            v36_b = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v36_p[:, None] * D + v36_c[None, :])
+            v36_d = tl.sum(v36_xw * v36_y * tl.exp(tl.minimum(v36_aw - v36_b, 0.0)), axis=1)
+            v36 += tl.where(tl.arange(0, C)[None, :] == v36_p[:, None], v36_d[:, None], 0.0)
     v36 = v36 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v36)  # park
+    tl.store(scratch + 7 * C * HID + 5 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v36)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v23_rows = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v23_rows = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v28_rows = tl.exp(v23_rows)  # cumulative decay in the chunk
         v31_rows = (q_rows * v28_rows)
-        tl.store(scratch + 7 * C * HID + C * BV + 3 * C * C + 4 * C * D + offs_rb[:, None] * D + offs_i[None, :], v31_rows)  # park
+        tl.store(scratch + 7 * C * HID + 5 * C * D + 2 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :], v31_rows)  # park
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v23 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v39 = v23
-    tl.store(scratch + 7 * C * HID + C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v39)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v39)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v24 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v40 = v24
-    v39 = tl.load(scratch + 7 * C * HID + C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
+    tl.store(scratch + 7 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v51 = tl.zeros((C, C), DTYPE)
     v51_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v51_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + v51_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v51_xA = local_6 * v51_A
-    for v51_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v51_start = v51_k * BC
-        v51_B = tl.where(tl.arange(0, C)[:, None] < v51_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + v51_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v51_rows = tl.where(tl.arange(0, C) // BC == v51_k, 1.0, 0.0)
-        v51 += v51_rows[:, None] * tl.dot((v51_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v51_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v51_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v51_p = v51_r + v51_j
-        v51_y = tl.load(scratch + 7 * C * HID + v51_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v51_b = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + v51_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v51_d = tl.sum(local_6 * v51_y * tl.exp(tl.minimum(v39 - v51_b, 0.0)), axis=1)
-        v51 += tl.where(tl.arange(0, C)[None, :] == v51_p[:, None], v51_d[:, None], 0.0)
+    v51 = tl.zeros((C, C), DTYPE)
+    for v51_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v51_c = v51_cb + tl.arange(0, BK)
+        v51_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v51_c[None, :]) - tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v51_r[:, None] * BV + v51_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v51_xA = tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + v51_c[None, :]) * v51_A
+        for v51_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v51_start = v51_k * BC
+            v51_B = tl.where(tl.arange(0, C)[:, None] < v51_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v51_start * BV + v51_c)[None, :] - tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v51_c[None, :]), 0.0)), 0.0)
+            v51_rows = tl.where(tl.arange(0, C) // BC == v51_k, 1.0, 0.0)
+            v51 += v51_rows[:, None] * tl.dot((v51_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + v51_c[None, :]) * v51_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v51_xw = tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + v51_c[None, :])
+        v51_aw = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v51_c[None, :])
+        for v51_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v51_p = v51_r + v51_j
+            v51_y = tl.load(scratch + 7 * C * HID + C * D + C * BV + v51_p[:, None] * BV + v51_c[None, :])
+            v51_b = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v51_p[:, None] * BV + v51_c[None, :])
+            v51_d = tl.sum(v51_xw * v51_y * tl.exp(tl.minimum(v51_aw - v51_b, 0.0)), axis=1)
+            v51 += tl.where(tl.arange(0, C)[None, :] == v51_p[:, None], v51_d[:, None], 0.0)
     v51 = v51 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * C + offs_s[None, :], v51)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v51)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -2623,7 +2719,7 @@ def chunk_grad_k_0_bwd_kernel(
         v34 = v17
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v34)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v36 = tl.load(scratch + 7 * C * HID + 5 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2631,7 +2727,7 @@ def chunk_grad_k_0_bwd_kernel(
         v37 = tl.dot(v36.to(DOT_DTYPE), v34.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v37)
     tl.debug_barrier()
-    v31 = tl.load(scratch + 7 * C * HID + C * BV + 3 * C * C + 4 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v31 = tl.load(scratch + 7 * C * HID + 5 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2646,7 +2742,7 @@ def chunk_grad_k_0_bwd_kernel(
         v41 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v41)
     tl.debug_barrier()
-    v51 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v51 = tl.load(scratch + 7 * C * HID + 6 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2675,47 +2771,50 @@ def chunk_grad_k_0_bwd_kernel(
         v34 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v58 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v59 += (tl.dot(v58.to(DOT_DTYPE), tl.trans(v34).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v34.to(DOT_DTYPE), tl.trans(v58).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v23 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v24 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v59)
-    tl.store(scratch + 7 * C * HID + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 7 * C * HID + C * BV + C * C + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 7 * C * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v59)
+    tl.store(scratch + 7 * C * HID + C * D + 2 * C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v60 = tl.zeros((C, D), DTYPE)
     v60_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v60_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + v60_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v60_yA = tl.load(scratch + 7 * C * HID + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v60_A
-    for v60_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v60_start = v60_k * BC
-        v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + v60_start * D + tl.arange(0, D))[None, :] - v24, 0.0)), 0.0)
-        v60_rows = tl.where(tl.arange(0, C) // BC == v60_k, 1.0, 0.0)
-        v60 += v60_B * tl.dot(tl.trans((tl.load(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v60_rows[:, None])).to(DOT_DTYPE), (v60_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v60_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v60_p = v60_r + v60_j
-        v60_x = tl.load(scratch + 7 * C * HID + C * BV + v60_p * C + tl.arange(0, C))
-        v60_y = tl.load(scratch + 7 * C * HID + C * BV + C * C + v60_p[:, None] * D + tl.arange(0, D)[None, :])
-        v60_m = tl.load(scratch + 7 * C * HID + C * BV + C * C + C * D + v60_p * C + tl.arange(0, C))
-        v60_a = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + v60_p[:, None] * D + tl.arange(0, D)[None, :])
-        v60 += v60_x[:, None] * v60_y * v60_m[:, None] * tl.exp(tl.minimum(v60_a - v24, 0.0))
+    for v60_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v60_c = v60_cb + tl.arange(0, BK)
+        v60_block = tl.zeros((C, BK), DTYPE)
+        v60_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v60_c[None, :]) - tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v60_r[:, None] * D + v60_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v60_yA = tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + v60_c[None, :]) * v60_A
+        for v60_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v60_start = v60_k * BC
+            v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v60_start * D + v60_c)[None, :] - tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v60_c[None, :]), 0.0)), 0.0)
+            v60_rows = tl.where(tl.arange(0, C) // BC == v60_k, 1.0, 0.0)
+            v60_block += v60_B * tl.dot(tl.trans((tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v60_rows[:, None])).to(DOT_DTYPE), (v60_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v60_bw = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v60_c[None, :])
+        for v60_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v60_p = v60_r + v60_j
+            v60_x = tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + v60_p * C + tl.arange(0, C))
+            v60_y = tl.load(scratch + 7 * C * HID + v60_p[:, None] * D + v60_c[None, :])
+            v60_m = tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + C * C + v60_p * C + tl.arange(0, C))
+            v60_a = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v60_p[:, None] * D + v60_c[None, :])
+            v60_block += v60_x[:, None] * v60_y * v60_m[:, None] * tl.exp(tl.minimum(v60_a - v60_bw, 0.0))
+        tl.store(scratch + 7 * C * HID + C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v60_c[None, :], v60_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v60 = tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    v29 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v61 = (v29 * v60)
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 5 * C * D + offs_s[:, None] * D + offs_i[None, :], v61)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 3 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_i[None, :], v61)  # park
     v21 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 6 * C * D + offs_s, v21)  # park
+    tl.store(scratch + 7 * C * HID + 7 * C * D + 3 * C * BV + 4 * C * C + offs_s, v21)  # park
+    tl.debug_barrier()  # parked tiles other threads stored
+    v23 = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v25 = (v23 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v26 = tl.sum((v25), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v21_rows = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 6 * C * D + offs_rb)
-        v24_rows = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v29_rows = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v21_rows = tl.load(scratch + 7 * C * HID + 7 * C * D + 3 * C * BV + 4 * C * C + offs_rb)
+        v24_rows = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v29_rows = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         v27_rows = (v21_rows[:, None] * tl.exp((v26[None, :] - v24_rows)))  # decay from token s to the chunk's end
         v30_rows = (v27_rows * v29_rows)
-        tl.store(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 6 * C * D + C + offs_rb[:, None] * D + offs_i[None, :], v30_rows)  # park
+        tl.store(scratch + 7 * C * HID + 7 * C * D + 3 * C * BV + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v30_rows)  # park
     v48 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2724,18 +2823,18 @@ def chunk_grad_k_0_bwd_kernel(
         v47 = ((-1.0) * d_new_w1)
         v34 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v48 += tl.dot(v34.to(DOT_DTYPE), v47.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 7 * C * D + C + offs_s[:, None] * D + offs_i[None, :], v48)  # park
+    tl.store(scratch + 7 * C * HID + 8 * C * D + 3 * C * BV + 4 * C * C + C + offs_s[:, None] * D + offs_i[None, :], v48)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v30_rows = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 6 * C * D + C + offs_rb[:, None] * D + offs_i[None, :])
-        v48_rows = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 7 * C * D + C + offs_rb[:, None] * D + offs_i[None, :])
-        v61_rows = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 5 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v30_rows = tl.load(scratch + 7 * C * HID + 7 * C * D + 3 * C * BV + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v48_rows = tl.load(scratch + 7 * C * HID + 8 * C * D + 3 * C * BV + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :])
+        v61_rows = tl.load(scratch + 7 * C * HID + 6 * C * D + 3 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         v49_rows = (v30_rows * v48_rows)
         v62_rows = (v49_rows + v61_rows)
-        tl.store(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 8 * C * D + C + offs_rb[:, None] * D + offs_i[None, :], v62_rows)  # park
+        tl.store(scratch + 7 * C * HID + 9 * C * D + 3 * C * BV + 4 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v62_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * C + 8 * C * D + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 7 * C * HID + 9 * C * D + 3 * C * BV + 4 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v63 = v62
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v63.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -2773,100 +2872,108 @@ def chunk_grad_k_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * D + 2 * C * C + 2 * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, local_4, v38, v34, v40, v28, v41, v36, v60, v26, v57, v48, v74, v53, v63, v75, v76, v86
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 7 * C * D + 8 * C * BV + 2 * C * C + 2 * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, q, local_6, local_4, v38, v34, v40, v28, v41, v36, v60, v26, v57, v48, v74, v53, v63, v75, v76, v86
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v34 = gate_eta
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :], v34)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
     v40 = (v38 * v34)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v40)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v28)  # park
     v29 = v28
-    tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v41 = tl.zeros((C, C), DTYPE)
     v41_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v41_xA = q * v41_A
-    for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v41_start = v41_k * BC
-        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
-        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v41_p = v41_r + v41_j
-        v41_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
-        v41_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
-        v41_d = tl.sum(q * v41_y * tl.exp(tl.minimum(v28 - v41_b, 0.0)), axis=1)
-        v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
+    v41 = tl.zeros((C, C), DTYPE)
+    for v41_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v41_c = v41_cb + tl.arange(0, BK)
+        v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v41_r[:, None] * D + v41_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v41_xA = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + v41_c[None, :]) * v41_A
+        for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v41_start = v41_k * BC
+            v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v41_start * D + v41_c)[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :]), 0.0)), 0.0)
+            v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
+            v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v41_xw = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + v41_c[None, :])
+        v41_aw = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :])
+        for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v41_p = v41_r + v41_j
+            v41_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + 2 * C * BV + v41_p[:, None] * D + v41_c[None, :])
+            v41_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v41_p[:, None] * D + v41_c[None, :])
+            v41_d = tl.sum(v41_xw * v41_y * tl.exp(tl.minimum(v41_aw - v41_b, 0.0)), axis=1)
+            v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v28_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v28_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v33_rows = tl.exp(v28_rows)  # cumulative decay in the chunk
         v36_rows = (q_rows * v33_rows)
-        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_rb[:, None] * D + offs_i[None, :], v36_rows)  # park
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v36_rows)  # park
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = v28
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = v29
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v60 = tl.zeros((C, C), DTYPE)
     v60_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v60_xA = local_6 * v60_A
-    for v60_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v60_start = v60_k * BC
-        v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v60_rows = tl.where(tl.arange(0, C) // BC == v60_k, 1.0, 0.0)
-        v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v60_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v60_p = v60_r + v60_j
-        v60_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v60_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v60_d = tl.sum(local_6 * v60_y * tl.exp(tl.minimum(v44 - v60_b, 0.0)), axis=1)
-        v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
+    v60 = tl.zeros((C, C), DTYPE)
+    for v60_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v60_c = v60_cb + tl.arange(0, BK)
+        v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v60_r[:, None] * BV + v60_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v60_xA = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + v60_c[None, :]) * v60_A
+        for v60_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v60_start = v60_k * BC
+            v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v60_start * BV + v60_c)[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :]), 0.0)), 0.0)
+            v60_rows = tl.where(tl.arange(0, C) // BC == v60_k, 1.0, 0.0)
+            v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v60_xw = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + v60_c[None, :])
+        v60_aw = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :])
+        for v60_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v60_p = v60_r + v60_j
+            v60_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + C * BV + v60_p[:, None] * BV + v60_c[None, :])
+            v60_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v60_p[:, None] * BV + v60_c[None, :])
+            v60_d = tl.sum(v60_xw * v60_y * tl.exp(tl.minimum(v60_aw - v60_b, 0.0)), axis=1)
+            v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
     v60 = v60 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s, v26)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_s, v26)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v26_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_rb)
-        v29_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v34_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v38_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v26_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_rb)
+        v29_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v34_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v38_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v32_rows = (v26_rows[:, None] * tl.exp((v31[None, :] - v29_rows)))  # decay from token s to the chunk's end
         v35_rows = (v32_rows * v34_rows)
         v57_rows = (v35_rows * v38_rows)
-        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v57_rows)  # park
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v57_rows)  # park
         v48_rows = v35_rows
-        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v48_rows)  # park
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v48_rows)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -2888,7 +2995,7 @@ def chunk_grad_k_1_bwd_kernel(
         v39 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2896,7 +3003,7 @@ def chunk_grad_k_1_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2911,7 +3018,7 @@ def chunk_grad_k_1_bwd_kernel(
         v46 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2933,7 +3040,7 @@ def chunk_grad_k_1_bwd_kernel(
         v69 = ((-1.0) * v68)
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2944,7 +3051,7 @@ def chunk_grad_k_1_bwd_kernel(
         v56 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v56)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -2969,7 +3076,7 @@ def chunk_grad_k_1_bwd_kernel(
         v52 = ((-1.0) * d_new_w2)
         tl.store(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v52)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 3 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v53 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -2977,30 +3084,30 @@ def chunk_grad_k_1_bwd_kernel(
         v46 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v52 = tl.load(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v48_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v53_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v48_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v53_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
         v54_rows = (v48_rows * v53_rows)
         local_7_rows = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v63_rows = (v54_rows + local_7_rows)
-        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v63_rows)  # park
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v63_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v64 = v63
-    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 3 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = tl.sum((v75), axis=1)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + C + offs_t, v76)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + C + offs_t, v76)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v75_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v76_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb)
+        v75_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v76_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + C + offs_rb)
         v77_rows = (v76_rows / (D))
         v78_rows = ((-1.0) * v77_rows)
         v79_rows = (v75_rows + v78_rows[:, None])
@@ -3018,9 +3125,9 @@ def chunk_grad_k_1_bwd_kernel(
         gate_delta_rows = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
         v18_rows = gate_delta_rows
         v86_rows = (v85_rows * tl.where((v18_rows >= tl.abs(local_1_rows)), 1.0, (1.0 * v18_rows * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0)))))))
-        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v86_rows)  # park
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v86_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = v86
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v87.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -3058,97 +3165,105 @@ def chunk_grad_k_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (15 * C * HID + HID * D + BV * HID + 6 * C * D + 6 * C * BV + 2 * C * C + C)  # v10, v24, v61, v63, v40, v42, v46, v50, v67, v77, v80, v81, v56, v60, v47, v72, v116, v43, local_4, v31, v37, v38, v62, v44, v39, v65, v52, v57, v69, v84, v85, v112
+    scratch = scratch_ptr + slot * (15 * C * HID + HID * D + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + C)  # v10, v24, v61, v63, v40, v42, v46, v50, v67, v77, v80, v81, v56, v60, v47, v72, v116, q, v43, local_6, local_4, v31, v37, v38, v62, v44, v39, v65, v52, v57, v69, v84, v85, v112
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v29 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v30 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v31 = tl.cumsum(v30, axis=0, reverse=False)
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v31)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v31)  # park
     v33 = (v31 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v34 = tl.sum((v33), axis=0)
     v32 = v31
     v35 = (v29[:, None] * tl.exp((v34[None, :] - v32)))  # decay from token s to the chunk's end
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v37 = gate_eta
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v37)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v37)  # park
     v38 = (v35 * v37)
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
     v41 = k
     v62 = (v38 * v41)
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v62)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v37 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v43 = (v41 * v37)
-    v31 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v32 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v43)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v44 = tl.zeros((C, C), DTYPE)
     v44_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v44_A = tl.exp(tl.minimum(tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + v44_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v44_xA = q * v44_A
-    for v44_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v44_start = v44_k * BC
-        v44_B = tl.where(tl.arange(0, C)[:, None] < v44_start, tl.exp(tl.minimum(tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + v44_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v44_rows = tl.where(tl.arange(0, C) // BC == v44_k, 1.0, 0.0)
-        v44 += v44_rows[:, None] * tl.dot((v44_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 15 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v44_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v44_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v44_p = v44_r + v44_j
-        v44_y = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + v44_p[:, None] * D + tl.arange(0, D)[None, :])
-        v44_b = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + v44_p[:, None] * D + tl.arange(0, D)[None, :])
-        v44_d = tl.sum(q * v44_y * tl.exp(tl.minimum(v31 - v44_b, 0.0)), axis=1)
-        v44 += tl.where(tl.arange(0, C)[None, :] == v44_p[:, None], v44_d[:, None], 0.0)
+    v44 = tl.zeros((C, C), DTYPE)
+    for v44_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v44_c = v44_cb + tl.arange(0, BK)
+        v44_A = tl.exp(tl.minimum(tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v44_c[None, :]) - tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + v44_r[:, None] * D + v44_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v44_xA = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + v44_c[None, :]) * v44_A
+        for v44_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v44_start = v44_k * BC
+            v44_B = tl.where(tl.arange(0, C)[:, None] < v44_start, tl.exp(tl.minimum(tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + v44_start * D + v44_c)[None, :] - tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v44_c[None, :]), 0.0)), 0.0)
+            v44_rows = tl.where(tl.arange(0, C) // BC == v44_k, 1.0, 0.0)
+            v44 += v44_rows[:, None] * tl.dot((v44_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * D + v44_c[None, :]) * v44_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v44_xw = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + v44_c[None, :])
+        v44_aw = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v44_c[None, :])
+        for v44_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v44_p = v44_r + v44_j
+            v44_y = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + v44_p[:, None] * D + v44_c[None, :])
+            v44_b = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + v44_p[:, None] * D + v44_c[None, :])
+            v44_d = tl.sum(v44_xw * v44_y * tl.exp(tl.minimum(v44_aw - v44_b, 0.0)), axis=1)
+            v44 += tl.where(tl.arange(0, C)[None, :] == v44_p[:, None], v44_d[:, None], 0.0)
     v44 = v44 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :], v44)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v44)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v31_rows = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v31_rows = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v36_rows = tl.exp(v31_rows)  # cumulative decay in the chunk
         v39_rows = (q_rows * v36_rows)
-        tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v39_rows)  # park
+        tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v39_rows)  # park
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v31 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v31 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = v31
-    v32 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v32 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v49 = v32
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v65 = tl.zeros((C, C), DTYPE)
     v65_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v65_A = tl.exp(tl.minimum(tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + v65_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v65_xA = local_6 * v65_A
-    for v65_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v65_start = v65_k * BC
-        v65_B = tl.where(tl.arange(0, C)[:, None] < v65_start, tl.exp(tl.minimum(tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + v65_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v65_rows = tl.where(tl.arange(0, C) // BC == v65_k, 1.0, 0.0)
-        v65 += v65_rows[:, None] * tl.dot((v65_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v65_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v65_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v65_p = v65_r + v65_j
-        v65_y = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + v65_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v65_b = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + C * D + C * BV + v65_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v65_d = tl.sum(local_6 * v65_y * tl.exp(tl.minimum(v48 - v65_b, 0.0)), axis=1)
-        v65 += tl.where(tl.arange(0, C)[None, :] == v65_p[:, None], v65_d[:, None], 0.0)
+    v65 = tl.zeros((C, C), DTYPE)
+    for v65_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v65_c = v65_cb + tl.arange(0, BK)
+        v65_A = tl.exp(tl.minimum(tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v65_c[None, :]) - tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + v65_r[:, None] * BV + v65_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v65_xA = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v65_c[None, :]) * v65_A
+        for v65_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v65_start = v65_k * BC
+            v65_B = tl.where(tl.arange(0, C)[:, None] < v65_start, tl.exp(tl.minimum(tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + v65_start * BV + v65_c)[None, :] - tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v65_c[None, :]), 0.0)), 0.0)
+            v65_rows = tl.where(tl.arange(0, C) // BC == v65_k, 1.0, 0.0)
+            v65 += v65_rows[:, None] * tl.dot((v65_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v65_c[None, :]) * v65_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v65_xw = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v65_c[None, :])
+        v65_aw = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v65_c[None, :])
+        for v65_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v65_p = v65_r + v65_j
+            v65_y = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + C * BV + v65_p[:, None] * BV + v65_c[None, :])
+            v65_b = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + v65_p[:, None] * BV + v65_c[None, :])
+            v65_d = tl.sum(v65_xw * v65_y * tl.exp(tl.minimum(v65_aw - v65_b, 0.0)), axis=1)
+            v65 += tl.where(tl.arange(0, C)[None, :] == v65_p[:, None], v65_d[:, None], 0.0)
     v65 = v65 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v65)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_5 = tl.load(local_5_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v38 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v38 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v52 = v38
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v52)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v52)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3169,7 +3284,7 @@ def chunk_grad_k_2_bwd_kernel(
         v61 = ((-1.0) * d_new_w1)
         tl.store(scratch + 2 * C * HID + offs_h[:, None] * D + offs_i[None, :], v61)
     tl.debug_barrier()
-    v62 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v62 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3177,7 +3292,7 @@ def chunk_grad_k_2_bwd_kernel(
         v63 = tl.dot(v62.to(DOT_DTYPE), tl.trans(v61).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v63)
     tl.debug_barrier()
-    v39 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v39 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3191,7 +3306,7 @@ def chunk_grad_k_2_bwd_kernel(
         v42 = v25
         tl.store(scratch + 4 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v44 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v44 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3206,7 +3321,7 @@ def chunk_grad_k_2_bwd_kernel(
         v50 = v11
         tl.store(scratch + 6 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :], v50)
     tl.debug_barrier()
-    v65 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v65 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3228,7 +3343,7 @@ def chunk_grad_k_2_bwd_kernel(
         v77 = ((-1.0) * v76)
         tl.store(scratch + 8 * C * HID + HID * D + offs_t[:, None] * HID + offs_h[None, :], v77)
     tl.debug_barrier()
-    v44 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 5 * C * D + C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v44 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3262,7 +3377,7 @@ def chunk_grad_k_2_bwd_kernel(
         v47 = (v47_c0 * (1.0 + tl.math.erf((v47_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         tl.store(scratch + 12 * C * HID + HID * D + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v47)
     tl.debug_barrier()
-    v65 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v65 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3280,18 +3395,18 @@ def chunk_grad_k_2_bwd_kernel(
         v50 = tl.load(scratch + 6 * C * HID + HID * D + offs_s[:, None] * HID + offs_h[None, :])
         v56 = tl.load(scratch + 11 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v57 += tl.dot(v50.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v57)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 3 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v52_rows = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
-        v57_rows = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v52_rows = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v57_rows = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 3 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
         v58_rows = (v52_rows * v57_rows)
         local_7_rows = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v69_rows = (v58_rows + local_7_rows)
-        tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 3 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v69_rows)  # park
+        tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :], v69_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v69 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 3 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v69 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v70 = v69
     v83 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3303,19 +3418,19 @@ def chunk_grad_k_2_bwd_kernel(
         v82 = (v80 * (0.5 + (0.5 * tl.math.erf(v82_c0)) + (v82_c0 * tl.exp(((-0.5) * (v10 * v10))) / (tl.full((), 1.772453850905516, DTYPE)))))
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v83 += (tl.dot(v82.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v82).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v70 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 3 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v70 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v84 = (v70 + v83)
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v84)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v84)  # park
     v85 = tl.sum((v84), axis=1)
-    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 5 * C * BV + 2 * C * C + offs_t, v85)  # park
+    tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + offs_t, v85)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v84_rows = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
-        v85_rows = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 5 * C * BV + 2 * C * C + offs_rb)
+        v84_rows = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v85_rows = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + offs_rb)
         v86_rows = (v85_rows / (D))
         v87_rows = ((-1.0) * v86_rows)
         v88_rows = (v84_rows + v87_rows[:, None])
@@ -3352,9 +3467,9 @@ def chunk_grad_k_2_bwd_kernel(
         v110_rows = tl.sum((v109_rows), axis=1)
         v111_rows = (v110_rows / (D))
         v112_rows = (v108_rows + v111_rows[:, None])
-        tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 5 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v112_rows)  # park
+        tl.store(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v112_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v112 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 6 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v112 = tl.load(scratch + 15 * C * HID + HID * D + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3412,100 +3527,108 @@ def chunk_grad_v_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * D + 2 * C * C + 2 * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, local_4, v38, v34, v40, v28, v41, v36, v60, v26, v57, v48, v74, v53, v63, v75, v76, v84
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 7 * C * D + 8 * C * BV + 2 * C * C + 2 * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, q, local_6, local_4, v38, v34, v40, v28, v41, v36, v60, v26, v57, v48, v74, v53, v63, v75, v76, v84
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v34 = gate_eta
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :], v34)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
     v40 = (v38 * v34)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v40)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v28)  # park
     v29 = v28
-    tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v41 = tl.zeros((C, C), DTYPE)
     v41_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v41_xA = q * v41_A
-    for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v41_start = v41_k * BC
-        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
-        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v41_p = v41_r + v41_j
-        v41_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
-        v41_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
-        v41_d = tl.sum(q * v41_y * tl.exp(tl.minimum(v28 - v41_b, 0.0)), axis=1)
-        v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
+    v41 = tl.zeros((C, C), DTYPE)
+    for v41_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v41_c = v41_cb + tl.arange(0, BK)
+        v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v41_r[:, None] * D + v41_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v41_xA = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + v41_c[None, :]) * v41_A
+        for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v41_start = v41_k * BC
+            v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v41_start * D + v41_c)[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :]), 0.0)), 0.0)
+            v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
+            v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v41_xw = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + v41_c[None, :])
+        v41_aw = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :])
+        for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v41_p = v41_r + v41_j
+            v41_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + 2 * C * BV + v41_p[:, None] * D + v41_c[None, :])
+            v41_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v41_p[:, None] * D + v41_c[None, :])
+            v41_d = tl.sum(v41_xw * v41_y * tl.exp(tl.minimum(v41_aw - v41_b, 0.0)), axis=1)
+            v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v28_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v28_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v33_rows = tl.exp(v28_rows)  # cumulative decay in the chunk
         v36_rows = (q_rows * v33_rows)
-        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_rb[:, None] * D + offs_i[None, :], v36_rows)  # park
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v36_rows)  # park
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = v28
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = v29
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v60 = tl.zeros((C, C), DTYPE)
     v60_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v60_xA = local_6 * v60_A
-    for v60_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v60_start = v60_k * BC
-        v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v60_rows = tl.where(tl.arange(0, C) // BC == v60_k, 1.0, 0.0)
-        v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v60_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v60_p = v60_r + v60_j
-        v60_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v60_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v60_d = tl.sum(local_6 * v60_y * tl.exp(tl.minimum(v44 - v60_b, 0.0)), axis=1)
-        v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
+    v60 = tl.zeros((C, C), DTYPE)
+    for v60_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v60_c = v60_cb + tl.arange(0, BK)
+        v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v60_r[:, None] * BV + v60_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v60_xA = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + v60_c[None, :]) * v60_A
+        for v60_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v60_start = v60_k * BC
+            v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v60_start * BV + v60_c)[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :]), 0.0)), 0.0)
+            v60_rows = tl.where(tl.arange(0, C) // BC == v60_k, 1.0, 0.0)
+            v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v60_xw = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + v60_c[None, :])
+        v60_aw = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :])
+        for v60_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v60_p = v60_r + v60_j
+            v60_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + C * BV + v60_p[:, None] * BV + v60_c[None, :])
+            v60_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v60_p[:, None] * BV + v60_c[None, :])
+            v60_d = tl.sum(v60_xw * v60_y * tl.exp(tl.minimum(v60_aw - v60_b, 0.0)), axis=1)
+            v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
     v60 = v60 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s, v26)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_s, v26)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v26_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_rb)
-        v29_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v34_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v38_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v26_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_rb)
+        v29_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v34_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v38_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v32_rows = (v26_rows[:, None] * tl.exp((v31[None, :] - v29_rows)))  # decay from token s to the chunk's end
         v35_rows = (v32_rows * v34_rows)
         v57_rows = (v35_rows * v38_rows)
-        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v57_rows)  # park
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v57_rows)  # park
         v48_rows = v35_rows
-        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v48_rows)  # park
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v48_rows)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -3527,7 +3650,7 @@ def chunk_grad_v_0_bwd_kernel(
         v39 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3535,7 +3658,7 @@ def chunk_grad_v_0_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3550,7 +3673,7 @@ def chunk_grad_v_0_bwd_kernel(
         v46 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3572,7 +3695,7 @@ def chunk_grad_v_0_bwd_kernel(
         v69 = ((-1.0) * v68)
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3583,7 +3706,7 @@ def chunk_grad_v_0_bwd_kernel(
         v56 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v56)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3608,7 +3731,7 @@ def chunk_grad_v_0_bwd_kernel(
         v52 = ((-1.0) * d_new_w2)
         tl.store(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v52)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 3 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v53 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3616,30 +3739,30 @@ def chunk_grad_v_0_bwd_kernel(
         v46 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v52 = tl.load(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v48_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v53_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v48_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v53_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
         v54_rows = (v48_rows * v53_rows)
         local_7_rows = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v63_rows = (v54_rows + local_7_rows)
-        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v63_rows)  # park
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v63_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v64 = v63
-    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 3 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = tl.sum((v75), axis=1)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + C + offs_t, v76)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + C + offs_t, v76)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v75_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v76_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb)
+        v75_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v76_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + C + offs_rb)
         v77_rows = (v76_rows / (D))
         v78_rows = ((-1.0) * v77_rows)
         v79_rows = (v75_rows + v78_rows[:, None])
@@ -3655,9 +3778,9 @@ def chunk_grad_v_0_bwd_kernel(
         gate_delta_rows = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
         v18_rows = gate_delta_rows
         v84_rows = (v83_rows * tl.where((v18_rows >= tl.abs(local_1_rows)), 1.0, (1.0 * v18_rows * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0)))))))
-        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v84_rows)  # park
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v84_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v84 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = ((-1.0) * v84)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v85.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -3695,34 +3818,34 @@ def chunk_grad_v_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + C)  # v10, v46, v52, v58, v37, v39, v43, v62, v69, v73, v40, local_4, v18, v28, v32, v34, v35, v48, v53, v63, v57, v41, v36, v60, v75, v76, v81
+    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 8 * C * D + 8 * C * BV + 2 * C * C + C)  # v10, v46, v52, v58, v37, v39, v43, v62, v69, v73, q, v40, local_6, local_4, v18, v28, v32, v34, v35, v48, v53, v63, v57, v41, v36, v60, v75, v76, v81
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v18 = gate_delta
-    tl.store(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_o[None, :], v18)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
-    tl.store(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v28)  # park
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
     v29 = v28
     v32 = (v26[:, None] * tl.exp((v31[None, :] - v29)))  # decay from token s to the chunk's end
-    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v32)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v32)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v34 = gate_eta
-    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v32_rows = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
-        v34_rows = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v32_rows = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v34_rows = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v35_rows = (v32_rows * v34_rows)
-        tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v35_rows)  # park
+        tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v35_rows)  # park
         v48_rows = v35_rows
-        tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v48_rows)  # park
+        tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v48_rows)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -3745,90 +3868,99 @@ def chunk_grad_v_1_bwd_kernel(
         v46 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v52 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v48_rows = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v53_rows = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v48_rows = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v53_rows = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v54_rows = (v48_rows * v53_rows)
         local_7_rows = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v63_rows = (v54_rows + local_7_rows)
-        tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v63_rows)  # park
+        tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v63_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v64 = v63
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
-    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = (v35 * v38)
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v40 = (v38 * v34)
-    v28 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v29 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
+    tl.store(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v41 = tl.zeros((C, C), DTYPE)
     v41_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v41_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v41_xA = q * v41_A
-    for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v41_start = v41_k * BC
-        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v41_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
-        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v41_p = v41_r + v41_j
-        v41_y = tl.load(scratch + 9 * C * HID + BV * HID + v41_p[:, None] * D + tl.arange(0, D)[None, :])
-        v41_b = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v41_p[:, None] * D + tl.arange(0, D)[None, :])
-        v41_d = tl.sum(q * v41_y * tl.exp(tl.minimum(v28 - v41_b, 0.0)), axis=1)
-        v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
+    v41 = tl.zeros((C, C), DTYPE)
+    for v41_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v41_c = v41_cb + tl.arange(0, BK)
+        v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + v41_r[:, None] * D + v41_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v41_xA = tl.load(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + v41_c[None, :]) * v41_A
+        for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v41_start = v41_k * BC
+            v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + v41_start * D + v41_c)[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :]), 0.0)), 0.0)
+            v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
+            v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + v41_c[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v41_xw = tl.load(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + v41_c[None, :])
+        v41_aw = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :])
+        for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v41_p = v41_r + v41_j
+            v41_y = tl.load(scratch + 9 * C * HID + BV * HID + C * D + v41_p[:, None] * D + v41_c[None, :])
+            v41_b = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + v41_p[:, None] * D + v41_c[None, :])
+            v41_d = tl.sum(v41_xw * v41_y * tl.exp(tl.minimum(v41_aw - v41_b, 0.0)), axis=1)
+            v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v28_rows = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v28_rows = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v33_rows = tl.exp(v28_rows)  # cumulative decay in the chunk
         v36_rows = (q_rows * v33_rows)
-        tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v36_rows)  # park
+        tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v36_rows)  # park
         local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = v28
+    v29 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = v29
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
+    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v60 = tl.zeros((C, C), DTYPE)
     v60_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v60_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v60_xA = local_6 * v60_A
-    for v60_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v60_start = v60_k * BC
-        v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v60_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v60_rows = tl.where(tl.arange(0, C) // BC == v60_k, 1.0, 0.0)
-        v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v60_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v60_p = v60_r + v60_j
-        v60_y = tl.load(scratch + 9 * C * HID + BV * HID + C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v60_b = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v60_d = tl.sum(local_6 * v60_y * tl.exp(tl.minimum(v44 - v60_b, 0.0)), axis=1)
-        v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
+    v60 = tl.zeros((C, C), DTYPE)
+    for v60_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v60_c = v60_cb + tl.arange(0, BK)
+        v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + v60_r[:, None] * BV + v60_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v60_xA = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v60_c[None, :]) * v60_A
+        for v60_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v60_start = v60_k * BC
+            v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + v60_start * BV + v60_c)[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :]), 0.0)), 0.0)
+            v60_rows = tl.where(tl.arange(0, C) // BC == v60_k, 1.0, 0.0)
+            v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v60_xw = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v60_c[None, :])
+        v60_aw = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :])
+        for v60_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v60_p = v60_r + v60_j
+            v60_y = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + v60_p[:, None] * BV + v60_c[None, :])
+            v60_b = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + v60_p[:, None] * BV + v60_c[None, :])
+            v60_d = tl.sum(v60_xw * v60_y * tl.exp(tl.minimum(v60_aw - v60_b, 0.0)), axis=1)
+            v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
     v60 = v60 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 8 * C * D + 6 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v57 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3837,7 +3969,7 @@ def chunk_grad_v_1_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3857,7 +3989,7 @@ def chunk_grad_v_1_bwd_kernel(
         v39 = v22
         tl.store(scratch + 4 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3867,7 +3999,7 @@ def chunk_grad_v_1_bwd_kernel(
         v43 = (v37 - v42)
         tl.store(scratch + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + BV * HID + 8 * C * D + 6 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3889,7 +4021,7 @@ def chunk_grad_v_1_bwd_kernel(
         v69 = ((-1.0) * v68)
         tl.store(scratch + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -3910,20 +4042,20 @@ def chunk_grad_v_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 = tl.load(scratch + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v74 += (tl.dot(v73.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v64 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
-    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 8 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = tl.sum((v75), axis=1)
-    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + offs_t, v76)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 8 * C * D + 7 * C * BV + 2 * C * C + offs_t, v76)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v18_rows = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v75_rows = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
-        v76_rows = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + offs_rb)
+        v18_rows = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v75_rows = tl.load(scratch + 9 * C * HID + BV * HID + 8 * C * D + 6 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v76_rows = tl.load(scratch + 9 * C * HID + BV * HID + 8 * C * D + 7 * C * BV + 2 * C * C + offs_rb)
         v77_rows = (v76_rows / (D))
         v78_rows = ((-1.0) * v77_rows)
         v79_rows = (v75_rows + v78_rows[:, None])
@@ -3932,9 +4064,9 @@ def chunk_grad_v_1_bwd_kernel(
         v16_rows = (v15_rows / (D))
         v80_rows = (ln_weight[None, :] * v79_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
         v81_rows = (v80_rows * tl.where((v18_rows >= tl.abs(local_1_rows)), 1.0, (1.0 * v18_rows * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0)))))))
-        tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v81_rows)  # park
+        tl.store(scratch + 9 * C * HID + BV * HID + 8 * C * D + 7 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v81_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v81 = tl.load(scratch + 9 * C * HID + BV * HID + 8 * C * D + 7 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v82 = ((-1.0) * v81)
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], v82.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -3972,59 +4104,61 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 3 * C * C + 4 * C * BV + 4 * C * D)  # v10, v27, v30, v32, v35, v36, local_4, causal, v28, v20, v29, v24, v33, v34, v38, v46
+    scratch = scratch_ptr + slot * (5 * C * HID + 5 * C * D + 3 * C * C + 5 * C * BV)  # v10, v27, v30, v32, v35, q, v36, local_4, causal, v38, v28, v20, v29, v24, v33, v34, v38, v46
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v26 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v23 = gate_eta
     v28 = (v26 * v23)
-    tl.store(scratch + 5 * C * HID + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 5 * C * HID + C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v28)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v19 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v20 = tl.cumsum(v19, axis=0, reverse=False)
-    tl.store(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v20)  # park
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v20)  # park
     v21 = v20
-    tl.debug_barrier()  # parked tiles other threads stored
-    v20 = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v28 = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v29 = tl.zeros((C, C), DTYPE)
     v29_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v29_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + v29_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v29_xA = q * v29_A
-    for v29_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v29_start = v29_k * BC
-        v29_B = tl.where(tl.arange(0, C)[:, None] < v29_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + v29_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v29_rows = tl.where(tl.arange(0, C) // BC == v29_k, 1.0, 0.0)
-        v29 += v29_rows[:, None] * tl.dot((v29_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v29_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v29_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v29_p = v29_r + v29_j
-        v29_y = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + v29_p[:, None] * D + tl.arange(0, D)[None, :])
-        v29_b = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + v29_p[:, None] * D + tl.arange(0, D)[None, :])
-        v29_d = tl.sum(q * v29_y * tl.exp(tl.minimum(v20 - v29_b, 0.0)), axis=1)
-        v29 += tl.where(tl.arange(0, C)[None, :] == v29_p[:, None], v29_d[:, None], 0.0)
+    v29 = tl.zeros((C, C), DTYPE)
+    for v29_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v29_c = v29_cb + tl.arange(0, BK)
+        v29_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + v29_c[None, :]) - tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v29_r[:, None] * D + v29_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v29_xA = tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + v29_c[None, :]) * v29_A
+        for v29_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v29_start = v29_k * BC
+            v29_B = tl.where(tl.arange(0, C)[:, None] < v29_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v29_start * D + v29_c)[None, :] - tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + v29_c[None, :]), 0.0)), 0.0)
+            v29_rows = tl.where(tl.arange(0, C) // BC == v29_k, 1.0, 0.0)
+            v29 += v29_rows[:, None] * tl.dot((v29_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + v29_c[None, :]) * v29_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v29_xw = tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + v29_c[None, :])
+        v29_aw = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + v29_c[None, :])
+        for v29_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v29_p = v29_r + v29_j
+            v29_y = tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + 2 * C * BV + v29_p[:, None] * D + v29_c[None, :])
+            v29_b = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v29_p[:, None] * D + v29_c[None, :])
+            v29_d = tl.sum(v29_xw * v29_y * tl.exp(tl.minimum(v29_aw - v29_b, 0.0)), axis=1)
+            v29 += tl.where(tl.arange(0, C)[None, :] == v29_p[:, None], v29_d[:, None], 0.0)
     v29 = v29 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 5 * C * HID + 2 * C * C + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v29)  # park
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v29)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v20_rows = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v20_rows = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v22_rows = tl.exp(v20_rows)  # cumulative decay in the chunk
         v24_rows = (q_rows * v22_rows)
-        tl.store(scratch + 5 * C * HID + 3 * C * C + C * BV + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v24_rows)  # park
+        tl.store(scratch + 5 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v24_rows)  # park
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v20 = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v20 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v33 = v20
-    tl.store(scratch + 5 * C * HID + 3 * C * C + C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v33)  # park
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v33)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v21 = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v21 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v34 = v21
-    tl.store(scratch + 5 * C * HID + 3 * C * C + 2 * C * BV + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v34)  # park
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v34)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4046,7 +4180,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v27 = v17
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v27)
     tl.debug_barrier()
-    v29 = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v29 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4054,7 +4188,7 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v30 = tl.dot(v29.to(DOT_DTYPE), v27.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v30)
     tl.debug_barrier()
-    v24 = tl.load(scratch + 5 * C * HID + 3 * C * C + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 5 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4078,41 +4212,45 @@ def chunk_grad_gate_alpha_0_bwd_kernel(
         v32 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v35 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v36 += tl.dot(v32.to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v33 = tl.load(scratch + 5 * C * HID + 3 * C * C + C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v34 = tl.load(scratch + 5 * C * HID + 3 * C * C + 2 * C * BV + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v36)
-    tl.store(scratch + 5 * C * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
-    tl.store(scratch + 5 * C * HID + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v36)
+    tl.store(scratch + 5 * C * HID + C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 5 * C * HID + C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v38 = tl.zeros((C, BV), DTYPE)
     v38_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v38_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + v38_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v38_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v38_start = v38_k * BC
-        v38_B = tl.where(tl.arange(0, C)[:, None] < v38_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + v38_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v38_rows = tl.where(tl.arange(0, C) // BC == v38_k, 1.0, 0.0)
-        v38 += v38_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v38_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v38 = v38 * v38_A
-    for v38_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v38_p = v38_r + v38_j
-        v38_x = tl.load(scratch + 5 * C * HID + tl.arange(0, C) * C + v38_p)
-        v38_y = tl.load(scratch + 5 * C * HID + C * C + v38_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v38_m = tl.load(scratch + 5 * C * HID + C * C + C * BV + tl.arange(0, C) * C + v38_p)
-        v38_b = tl.load(scratch + 5 * C * HID + 2 * C * C + C * BV + C * D + v38_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v38 += v38_x[:, None] * v38_y * v38_m[:, None] * tl.exp(tl.minimum(v33 - v38_b, 0.0))
+    for v38_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v38_c = v38_cb + tl.arange(0, BK)
+        v38_block = tl.zeros((C, BK), DTYPE)
+        v38_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v38_c[None, :]) - tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v38_r[:, None] * BV + v38_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        for v38_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v38_start = v38_k * BC
+            v38_B = tl.where(tl.arange(0, C)[:, None] < v38_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v38_start * BV + v38_c)[None, :] - tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v38_c[None, :]), 0.0)), 0.0)
+            v38_rows = tl.where(tl.arange(0, C) // BC == v38_k, 1.0, 0.0)
+            v38_block += v38_rows[:, None] * tl.dot((tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 5 * C * HID + C * D + C * C + tl.arange(0, C)[:, None] * BV + v38_c[None, :]) * v38_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v38_block = v38_block * v38_A
+        v38_aw = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v38_c[None, :])
+        for v38_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v38_p = v38_r + v38_j
+            v38_x = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C) * C + v38_p)
+            v38_y = tl.load(scratch + 5 * C * HID + C * D + C * C + v38_p[:, None] * BV + v38_c[None, :])
+            v38_m = tl.load(scratch + 5 * C * HID + C * D + C * C + C * BV + tl.arange(0, C) * C + v38_p)
+            v38_b = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v38_p[:, None] * BV + v38_c[None, :])
+            v38_block += v38_x[:, None] * v38_y * v38_m[:, None] * tl.exp(tl.minimum(v38_aw - v38_b, 0.0))
+        tl.store(scratch + 5 * C * HID + C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + v38_c[None, :], v38_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v38 = tl.load(scratch + 5 * C * HID + C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 5 * C * HID + 3 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v38)  # park
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v38)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v38_rows = tl.load(scratch + 5 * C * HID + 3 * C * C + 3 * C * BV + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v38_rows = tl.load(scratch + 5 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v44_rows = (local_6_rows * v38_rows)
         v46_rows = v44_rows
-        tl.store(scratch + 5 * C * HID + 3 * C * C + 4 * C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :], v46_rows)  # park
+        tl.store(scratch + 5 * C * HID + 4 * C * D + 3 * C * C + 5 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v46_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v46 = tl.load(scratch + 5 * C * HID + 3 * C * C + 4 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v46 = tl.load(scratch + 5 * C * HID + 4 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v48 = tl.cumsum(v46, axis=0, reverse=True)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -4153,86 +4291,93 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 2 * C * BV + 4 * C * C + 4 * C * D)  # v10, v27, v25, v31, v34, v43, v48, local_4, v49, causal, v26, v28, v20, v24, v29, v32, v41
+    scratch = scratch_ptr + slot * (7 * C * HID + 6 * C * D + 3 * C * BV + 4 * C * C)  # v10, v27, v25, v31, v34, v43, v48, q, local_6, local_4, v49, causal, v50, v26, v28, v20, v24, v29, v32, v41
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v26 = k
-    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v26)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v26)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v23 = gate_eta
     tl.debug_barrier()  # parked tiles other threads stored
-    v26 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v26 = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v28 = (v26 * v23)
-    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v28)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v19 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v20 = tl.cumsum(v19, axis=0, reverse=False)
-    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v20)  # park
+    tl.store(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v20)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v20_rows = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v20_rows = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         v22_rows = tl.exp(v20_rows)  # cumulative decay in the chunk
         v24_rows = (q_rows * v22_rows)
-        tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :], v24_rows)  # park
+        tl.store(scratch + 7 * C * HID + 5 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v24_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v20 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v20 = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v21 = v20
-    v20 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v28 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v29 = tl.zeros((C, C), DTYPE)
     v29_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v29_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v29_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v29_xA = q * v29_A
-    for v29_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v29_start = v29_k * BC
-        v29_B = tl.where(tl.arange(0, C)[:, None] < v29_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v29_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v29_rows = tl.where(tl.arange(0, C) // BC == v29_k, 1.0, 0.0)
-        v29 += v29_rows[:, None] * tl.dot((v29_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v29_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v29_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v29_p = v29_r + v29_j
-        v29_y = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + v29_p[:, None] * D + tl.arange(0, D)[None, :])
-        v29_b = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v29_p[:, None] * D + tl.arange(0, D)[None, :])
-        v29_d = tl.sum(q * v29_y * tl.exp(tl.minimum(v20 - v29_b, 0.0)), axis=1)
-        v29 += tl.where(tl.arange(0, C)[None, :] == v29_p[:, None], v29_d[:, None], 0.0)
+    v29 = tl.zeros((C, C), DTYPE)
+    for v29_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v29_c = v29_cb + tl.arange(0, BK)
+        v29_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v29_c[None, :]) - tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v29_r[:, None] * D + v29_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v29_xA = tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + v29_c[None, :]) * v29_A
+        for v29_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v29_start = v29_k * BC
+            v29_B = tl.where(tl.arange(0, C)[:, None] < v29_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v29_start * D + v29_c)[None, :] - tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v29_c[None, :]), 0.0)), 0.0)
+            v29_rows = tl.where(tl.arange(0, C) // BC == v29_k, 1.0, 0.0)
+            v29 += v29_rows[:, None] * tl.dot((v29_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v29_c[None, :]) * v29_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v29_xw = tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + v29_c[None, :])
+        v29_aw = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v29_c[None, :])
+        for v29_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v29_p = v29_r + v29_j
+            v29_y = tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + v29_p[:, None] * D + v29_c[None, :])
+            v29_b = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v29_p[:, None] * D + v29_c[None, :])
+            v29_d = tl.sum(v29_xw * v29_y * tl.exp(tl.minimum(v29_aw - v29_b, 0.0)), axis=1)
+            v29 += tl.where(tl.arange(0, C)[None, :] == v29_p[:, None], v29_d[:, None], 0.0)
     v29 = v29 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v29)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v29)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v20 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v20 = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v32 = v20
-    tl.store(scratch + 7 * C * HID + C * BV + 3 * C * C + 4 * C * D + offs_t[:, None] * D + offs_o[None, :], v32)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v32)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v21 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v21 = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v33 = v21
-    v32 = tl.load(scratch + 7 * C * HID + C * BV + 3 * C * C + 4 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
+    tl.store(scratch + 7 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v41 = tl.zeros((C, C), DTYPE)
     v41_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v41_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v41_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v41_xA = local_6 * v41_A
-    for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v41_start = v41_k * BC
-        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v41_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
-        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v41_p = v41_r + v41_j
-        v41_y = tl.load(scratch + 7 * C * HID + v41_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v41_b = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v41_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v41_d = tl.sum(local_6 * v41_y * tl.exp(tl.minimum(v32 - v41_b, 0.0)), axis=1)
-        v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
+    v41 = tl.zeros((C, C), DTYPE)
+    for v41_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v41_c = v41_cb + tl.arange(0, BK)
+        v41_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v41_c[None, :]) - tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v41_r[:, None] * BV + v41_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v41_xA = tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + v41_c[None, :]) * v41_A
+        for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v41_start = v41_k * BC
+            v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v41_start * BV + v41_c)[None, :] - tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v41_c[None, :]), 0.0)), 0.0)
+            v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
+            v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + v41_c[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v41_xw = tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + v41_c[None, :])
+        v41_aw = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v41_c[None, :])
+        for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v41_p = v41_r + v41_j
+            v41_y = tl.load(scratch + 7 * C * HID + C * D + C * BV + v41_p[:, None] * BV + v41_c[None, :])
+            v41_b = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v41_p[:, None] * BV + v41_c[None, :])
+            v41_d = tl.sum(v41_xw * v41_y * tl.exp(tl.minimum(v41_aw - v41_b, 0.0)), axis=1)
+            v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 3 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -4255,7 +4400,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v27 = v17
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v27)
     tl.debug_barrier()
-    v24 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 7 * C * HID + 5 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4263,7 +4408,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v25 = tl.dot(v24.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v25)
     tl.debug_barrier()
-    v29 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v29 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4278,7 +4423,7 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v34 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v34)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C * C + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 7 * C * HID + 6 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4307,28 +4452,31 @@ def chunk_grad_gate_alpha_1_bwd_kernel(
         v27 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v48 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v49 += (tl.dot(v48.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v27.to(DOT_DTYPE), tl.trans(v48).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v20 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v21 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    v28 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v49)
-    tl.store(scratch + 7 * C * HID + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 7 * C * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v49)
+    tl.store(scratch + 7 * C * HID + C * D + 2 * C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v50 = tl.zeros((C, D), DTYPE)
     v50_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v50_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v50_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v50_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v50_start = v50_k * BC
-        v50_B = tl.where(tl.arange(0, C)[:, None] < v50_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v50_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v50_rows = tl.where(tl.arange(0, C) // BC == v50_k, 1.0, 0.0)
-        v50 += v50_rows[:, None] * tl.dot((tl.load(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v50_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v50 = v50 * v50_A
-    for v50_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v50_p = v50_r + v50_j
-        v50_x = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + v50_p[:, None] * D + tl.arange(0, D)[None, :])
-        v50_y = tl.load(scratch + 7 * C * HID + C * BV + tl.arange(0, C) * C + v50_p)
-        v50_m = tl.load(scratch + 7 * C * HID + C * BV + C * C + tl.arange(0, C) * C + v50_p)
-        v50_b = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v50_p[:, None] * D + tl.arange(0, D)[None, :])
-        v50 += v50_x * v50_y[:, None] * v50_m[:, None] * tl.exp(tl.minimum(v20 - v50_b, 0.0))
+    for v50_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v50_c = v50_cb + tl.arange(0, BK)
+        v50_block = tl.zeros((C, BK), DTYPE)
+        v50_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v50_c[None, :]) - tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v50_r[:, None] * D + v50_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        for v50_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v50_start = v50_k * BC
+            v50_B = tl.where(tl.arange(0, C)[:, None] < v50_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v50_start * D + v50_c)[None, :] - tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v50_c[None, :]), 0.0)), 0.0)
+            v50_rows = tl.where(tl.arange(0, C) // BC == v50_k, 1.0, 0.0)
+            v50_block += v50_rows[:, None] * tl.dot((tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v50_c[None, :]) * v50_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v50_block = v50_block * v50_A
+        v50_aw = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v50_c[None, :])
+        for v50_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v50_p = v50_r + v50_j
+            v50_x = tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + v50_p[:, None] * D + v50_c[None, :])
+            v50_y = tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + tl.arange(0, C) * C + v50_p)
+            v50_m = tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + C * C + tl.arange(0, C) * C + v50_p)
+            v50_b = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + v50_p[:, None] * D + v50_c[None, :])
+            v50_block += v50_x * v50_y[:, None] * v50_m[:, None] * tl.exp(tl.minimum(v50_aw - v50_b, 0.0))
+        tl.store(scratch + 7 * C * HID + C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v50_c[None, :], v50_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v50 = tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -4373,52 +4521,54 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (8 * C * HID + 3 * C * C + 7 * C * BV + 6 * C * D + C)  # v10, v29, v32, v33, v34, v40, v75, v81, v41, local_4, causal, v30, v22, v31, v26, v35, v36, v37, v38, v39, v44, v45, v79, v83, v85
+    scratch = scratch_ptr + slot * (8 * C * HID + 7 * C * D + 3 * C * C + 9 * C * BV + C)  # v10, v29, v32, v33, v34, v40, v75, v81, q, v41, local_4, causal, local_6, v43, v30, v22, v31, v26, v35, v36, v37, v38, v39, v44, v45, v79, v83, v85
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v28 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v25 = gate_eta
     v30 = (v28 * v25)
-    tl.store(scratch + 8 * C * HID + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v30)  # park
+    tl.store(scratch + 8 * C * HID + C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v30)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v21 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v22 = tl.cumsum(v21, axis=0, reverse=False)
-    tl.store(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v22)  # park
+    tl.store(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v22)  # park
     v23 = v22
-    tl.debug_barrier()  # parked tiles other threads stored
-    v22 = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v30 = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v31 = tl.zeros((C, C), DTYPE)
     v31_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v31_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + v31_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v31_xA = q * v31_A
-    for v31_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v31_start = v31_k * BC
-        v31_B = tl.where(tl.arange(0, C)[:, None] < v31_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + v31_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v31_rows = tl.where(tl.arange(0, C) // BC == v31_k, 1.0, 0.0)
-        v31 += v31_rows[:, None] * tl.dot((v31_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v31_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v31_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v31_p = v31_r + v31_j
-        v31_y = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + v31_p[:, None] * D + tl.arange(0, D)[None, :])
-        v31_b = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + v31_p[:, None] * D + tl.arange(0, D)[None, :])
-        v31_d = tl.sum(q * v31_y * tl.exp(tl.minimum(v22 - v31_b, 0.0)), axis=1)
-        v31 += tl.where(tl.arange(0, C)[None, :] == v31_p[:, None], v31_d[:, None], 0.0)
+    v31 = tl.zeros((C, C), DTYPE)
+    for v31_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v31_c = v31_cb + tl.arange(0, BK)
+        v31_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * D + v31_c[None, :]) - tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + v31_r[:, None] * D + v31_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v31_xA = tl.load(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * D + v31_c[None, :]) * v31_A
+        for v31_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v31_start = v31_k * BC
+            v31_B = tl.where(tl.arange(0, C)[:, None] < v31_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + v31_start * D + v31_c)[None, :] - tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * D + v31_c[None, :]), 0.0)), 0.0)
+            v31_rows = tl.where(tl.arange(0, C) // BC == v31_k, 1.0, 0.0)
+            v31 += v31_rows[:, None] * tl.dot((v31_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 8 * C * HID + C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * D + v31_c[None, :]) * v31_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v31_xw = tl.load(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * D + v31_c[None, :])
+        v31_aw = tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * D + v31_c[None, :])
+        for v31_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v31_p = v31_r + v31_j
+            v31_y = tl.load(scratch + 8 * C * HID + C * D + 2 * C * C + 3 * C * BV + v31_p[:, None] * D + v31_c[None, :])
+            v31_b = tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + v31_p[:, None] * D + v31_c[None, :])
+            v31_d = tl.sum(v31_xw * v31_y * tl.exp(tl.minimum(v31_aw - v31_b, 0.0)), axis=1)
+            v31 += tl.where(tl.arange(0, C)[None, :] == v31_p[:, None], v31_d[:, None], 0.0)
     v31 = v31 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 8 * C * HID + 2 * C * C + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v31)  # park
+    tl.store(scratch + 8 * C * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :], v31)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v22_rows = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v22_rows = tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v24_rows = tl.exp(v22_rows)  # cumulative decay in the chunk
         v26_rows = (q_rows * v24_rows)
-        tl.store(scratch + 8 * C * HID + 3 * C * C + C * BV + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v26_rows)  # park
+        tl.store(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v26_rows)  # park
         v35_rows = v24_rows
-        tl.store(scratch + 8 * C * HID + 3 * C * C + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :], v35_rows)  # park
+        tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v35_rows)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -4440,7 +4590,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v29 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v29)
     tl.debug_barrier()
-    v31 = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v31 = tl.load(scratch + 8 * C * HID + 3 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4448,7 +4598,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v32 = tl.dot(v31.to(DOT_DTYPE), v29.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v32)
     tl.debug_barrier()
-    v26 = tl.load(scratch + 8 * C * HID + 3 * C * C + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v26 = tl.load(scratch + 8 * C * HID + 3 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4468,20 +4618,20 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v34 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v36 += tl.dot(v34.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 8 * C * HID + 3 * C * C + 2 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v36)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v36)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v35 = tl.load(scratch + 8 * C * HID + 3 * C * C + C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v35 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v37 = (v35 * v36)
-    tl.store(scratch + 8 * C * HID + 3 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v37)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :], v37)  # park
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v22 = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v22 = tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v38 = v22
-    tl.store(scratch + 8 * C * HID + 3 * C * C + 4 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v38)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v38)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v23 = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v39 = v23
-    tl.store(scratch + 8 * C * HID + 3 * C * C + 5 * C * BV + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v39)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 7 * C * BV + offs_s[:, None] * D + offs_o[None, :], v39)  # park
     v41 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4494,42 +4644,46 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v34 = tl.load(scratch + 4 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v41 += tl.dot(v34.to(DOT_DTYPE), tl.trans(v40).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
     tl.debug_barrier()
-    v38 = tl.load(scratch + 8 * C * HID + 3 * C * C + 4 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v39 = tl.load(scratch + 8 * C * HID + 3 * C * C + 5 * C * BV + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v41)
-    tl.store(scratch + 8 * C * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
-    tl.store(scratch + 8 * C * HID + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v41)
+    tl.store(scratch + 8 * C * HID + C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 8 * C * HID + C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v43 = tl.zeros((C, BV), DTYPE)
     v43_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v43_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + v43_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v43_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v43_start = v43_k * BC
-        v43_B = tl.where(tl.arange(0, C)[:, None] < v43_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + v43_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v43_rows = tl.where(tl.arange(0, C) // BC == v43_k, 1.0, 0.0)
-        v43 += v43_rows[:, None] * tl.dot((tl.load(scratch + 8 * C * HID + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 8 * C * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v43_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v43 = v43 * v43_A
-    for v43_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v43_p = v43_r + v43_j
-        v43_x = tl.load(scratch + 8 * C * HID + tl.arange(0, C) * C + v43_p)
-        v43_y = tl.load(scratch + 8 * C * HID + C * C + v43_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v43_m = tl.load(scratch + 8 * C * HID + C * C + C * BV + tl.arange(0, C) * C + v43_p)
-        v43_b = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + v43_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v43 += v43_x[:, None] * v43_y * v43_m[:, None] * tl.exp(tl.minimum(v38 - v43_b, 0.0))
+    for v43_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v43_c = v43_cb + tl.arange(0, BK)
+        v43_block = tl.zeros((C, BK), DTYPE)
+        v43_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + v43_c[None, :]) - tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + v43_r[:, None] * BV + v43_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        for v43_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v43_start = v43_k * BC
+            v43_B = tl.where(tl.arange(0, C)[:, None] < v43_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + v43_start * BV + v43_c)[None, :] - tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + v43_c[None, :]), 0.0)), 0.0)
+            v43_rows = tl.where(tl.arange(0, C) // BC == v43_k, 1.0, 0.0)
+            v43_block += v43_rows[:, None] * tl.dot((tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 8 * C * HID + C * D + C * C + tl.arange(0, C)[:, None] * BV + v43_c[None, :]) * v43_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v43_block = v43_block * v43_A
+        v43_aw = tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + v43_c[None, :])
+        for v43_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v43_p = v43_r + v43_j
+            v43_x = tl.load(scratch + 8 * C * HID + C * D + tl.arange(0, C) * C + v43_p)
+            v43_y = tl.load(scratch + 8 * C * HID + C * D + C * C + v43_p[:, None] * BV + v43_c[None, :])
+            v43_m = tl.load(scratch + 8 * C * HID + C * D + C * C + C * BV + tl.arange(0, C) * C + v43_p)
+            v43_b = tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + v43_p[:, None] * BV + v43_c[None, :])
+            v43_block += v43_x[:, None] * v43_y * v43_m[:, None] * tl.exp(tl.minimum(v43_aw - v43_b, 0.0))
+        tl.store(scratch + 8 * C * HID + C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v43_c[None, :], v43_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v43 = tl.load(scratch + 8 * C * HID + C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    v37 = tl.load(scratch + 8 * C * HID + 3 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v37 = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v44 = (v37 - v43)
-    tl.store(scratch + 8 * C * HID + 3 * C * C + 6 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v44)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 8 * C * BV + offs_t[:, None] * D + offs_o[None, :], v44)  # park
     v45 = tl.sum((v44), axis=1)
-    tl.store(scratch + 8 * C * HID + 3 * C * C + 7 * C * BV + 3 * C * D + offs_t, v45)  # park
+    tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 9 * C * BV + offs_t, v45)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v36_rows = tl.load(scratch + 8 * C * HID + 3 * C * C + 2 * C * BV + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :])
-        v44_rows = tl.load(scratch + 8 * C * HID + 3 * C * C + 6 * C * BV + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :])
-        v45_rows = tl.load(scratch + 8 * C * HID + 3 * C * C + 7 * C * BV + 3 * C * D + offs_rb)
+        v36_rows = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v44_rows = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 8 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v45_rows = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 9 * C * BV + offs_rb)
         v46_rows = (v45_rows / (D))
         v47_rows = (v44_rows - v46_rows[:, None])
         v48_rows = (v47_rows * v47_rows)
@@ -4548,29 +4702,30 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
         v71_rows = (v67_rows + v70_rows[:, None])
         v78_rows = (v71_rows * v36_rows)
         v79_rows = v78_rows
-        tl.store(scratch + 8 * C * HID + 3 * C * C + 7 * C * BV + 3 * C * D + C + offs_rb[:, None] * D + offs_i[None, :], v79_rows)  # park
+        tl.store(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 9 * C * BV + C + offs_rb[:, None] * D + offs_i[None, :], v79_rows)  # park
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-    tl.debug_barrier()  # parked tiles other threads stored
-    v38 = tl.load(scratch + 8 * C * HID + 3 * C * C + 4 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v39 = tl.load(scratch + 8 * C * HID + 3 * C * C + 5 * C * BV + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
-    local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
+    tl.store(scratch + 8 * C * HID + C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v73 = tl.zeros((C, C), DTYPE)
     v73_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v73_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + v73_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v73_xA = local_6 * v73_A
-    for v73_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v73_start = v73_k * BC
-        v73_B = tl.where(tl.arange(0, C)[:, None] < v73_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + v73_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v73_rows = tl.where(tl.arange(0, C) // BC == v73_k, 1.0, 0.0)
-        v73 += v73_rows[:, None] * tl.dot((v73_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 8 * C * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v73_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v73_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v73_p = v73_r + v73_j
-        v73_y = tl.load(scratch + 8 * C * HID + C * C + v73_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v73_b = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + v73_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v73_d = tl.sum(local_6 * v73_y * tl.exp(tl.minimum(v38 - v73_b, 0.0)), axis=1)
-        v73 += tl.where(tl.arange(0, C)[None, :] == v73_p[:, None], v73_d[:, None], 0.0)
+    v73 = tl.zeros((C, C), DTYPE)
+    for v73_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v73_c = v73_cb + tl.arange(0, BK)
+        v73_A = tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + v73_c[None, :]) - tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + v73_r[:, None] * BV + v73_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v73_xA = tl.load(scratch + 8 * C * HID + C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + v73_c[None, :]) * v73_A
+        for v73_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v73_start = v73_k * BC
+            v73_B = tl.where(tl.arange(0, C)[:, None] < v73_start, tl.exp(tl.minimum(tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + v73_start * BV + v73_c)[None, :] - tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + v73_c[None, :]), 0.0)), 0.0)
+            v73_rows = tl.where(tl.arange(0, C) // BC == v73_k, 1.0, 0.0)
+            v73 += v73_rows[:, None] * tl.dot((v73_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 8 * C * HID + C * D + C * C + tl.arange(0, C)[:, None] * BV + v73_c[None, :]) * v73_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v73_xw = tl.load(scratch + 8 * C * HID + C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + v73_c[None, :])
+        v73_aw = tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + tl.arange(0, C)[:, None] * BV + v73_c[None, :])
+        for v73_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v73_p = v73_r + v73_j
+            v73_y = tl.load(scratch + 8 * C * HID + C * D + C * C + v73_p[:, None] * BV + v73_c[None, :])
+            v73_b = tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + v73_p[:, None] * BV + v73_c[None, :])
+            v73_d = tl.sum(v73_xw * v73_y * tl.exp(tl.minimum(v73_aw - v73_b, 0.0)), axis=1)
+            v73 += tl.where(tl.arange(0, C)[None, :] == v73_p[:, None], v73_d[:, None], 0.0)
     v73 = v73 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
@@ -4604,7 +4759,7 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v83 = (q * v82)
-    tl.store(scratch + 8 * C * HID + 3 * C * C + 7 * C * BV + 4 * C * D + C + offs_t[:, None] * D + offs_i[None, :], v83)  # park
+    tl.store(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_i[None, :], v83)  # park
     v55 = tl.zeros((BV,), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4626,15 +4781,15 @@ def chunk_grad_gate_alpha_2_bwd_kernel(
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v22_rows = tl.load(scratch + 8 * C * HID + 2 * C * C + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v79_rows = tl.load(scratch + 8 * C * HID + 3 * C * C + 7 * C * BV + 3 * C * D + C + offs_rb[:, None] * D + offs_i[None, :])
-        v83_rows = tl.load(scratch + 8 * C * HID + 3 * C * C + 7 * C * BV + 4 * C * D + C + offs_rb[:, None] * D + offs_i[None, :])
+        v22_rows = tl.load(scratch + 8 * C * HID + 2 * C * D + 2 * C * C + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v79_rows = tl.load(scratch + 8 * C * HID + 4 * C * D + 3 * C * C + 9 * C * BV + C + offs_rb[:, None] * D + offs_i[None, :])
+        v83_rows = tl.load(scratch + 8 * C * HID + 5 * C * D + 3 * C * C + 9 * C * BV + C + offs_rb[:, None] * D + offs_i[None, :])
         v61_rows = (tl.where(offs_rb == nv - 1, 1.0, 0.0)[:, None] * v60[None, :])
         v84_rows = (v61_rows + v79_rows + v83_rows)
         v85_rows = (v84_rows * tl.exp(v22_rows))
-        tl.store(scratch + 8 * C * HID + 3 * C * C + 7 * C * BV + 5 * C * D + C + offs_rb[:, None] * D + offs_i[None, :], v85_rows)  # park
+        tl.store(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 9 * C * BV + C + offs_rb[:, None] * D + offs_i[None, :], v85_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v85 = tl.load(scratch + 8 * C * HID + 3 * C * C + 7 * C * BV + 5 * C * D + C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v85 = tl.load(scratch + 8 * C * HID + 6 * C * D + 3 * C * C + 9 * C * BV + C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v86 = tl.cumsum(v85, axis=0, reverse=True)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
@@ -4790,86 +4945,91 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 7 * C * BV + 11 * C * D + 5 * C * C + C)  # v10, v32, v35, v36, v40, v60, v66, local_4, q, v67, causal, v42, local_6, v31, v28, v33, v23, v34, v29, v38, v39, v56, v69, v57, v61, v54, v41, v48, v71, v21, v73
+    scratch = scratch_ptr + slot * (7 * C * HID + 12 * C * D + 8 * C * BV + 5 * C * C + C)  # v10, v32, v35, v36, v40, v60, v66, q, local_6, local_4, v67, causal, v42, v68, v57, v31, v28, v33, v23, v34, v29, v38, v39, v56, v69, v57, v61, v54, v41, v48, v71, v21, v73
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v31 = k
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + C * D + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v31)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * D + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v31)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v28 = gate_eta
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 2 * C * D + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 7 * C * HID + 3 * C * D + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v28)  # park
     v33 = (v31 * v28)
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 3 * C * D + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v33)  # park
+    tl.store(scratch + 7 * C * HID + 4 * C * D + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :], v33)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v22 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v23 = tl.cumsum(v22, axis=0, reverse=False)
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v23)  # park
+    tl.store(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :], v23)  # park
     v24 = v23
-    tl.debug_barrier()  # parked tiles other threads stored
-    v23 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v33 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C * D + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v34 = tl.zeros((C, C), DTYPE)
     v34_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v34_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + v34_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v34_xA = q * v34_A
-    for v34_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v34_start = v34_k * BC
-        v34_B = tl.where(tl.arange(0, C)[:, None] < v34_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + v34_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v34_rows = tl.where(tl.arange(0, C) // BC == v34_k, 1.0, 0.0)
-        v34 += v34_rows[:, None] * tl.dot((v34_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C * D + 3 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v34_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v34_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v34_p = v34_r + v34_j
-        v34_y = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C * D + 3 * C * C + v34_p[:, None] * D + tl.arange(0, D)[None, :])
-        v34_b = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + v34_p[:, None] * D + tl.arange(0, D)[None, :])
-        v34_d = tl.sum(q * v34_y * tl.exp(tl.minimum(v23 - v34_b, 0.0)), axis=1)
-        v34 += tl.where(tl.arange(0, C)[None, :] == v34_p[:, None], v34_d[:, None], 0.0)
+    v34 = tl.zeros((C, C), DTYPE)
+    for v34_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v34_c = v34_cb + tl.arange(0, BK)
+        v34_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + v34_c[None, :]) - tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + v34_r[:, None] * D + v34_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v34_xA = tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + v34_c[None, :]) * v34_A
+        for v34_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v34_start = v34_k * BC
+            v34_B = tl.where(tl.arange(0, C)[:, None] < v34_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + v34_start * D + v34_c)[None, :] - tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + v34_c[None, :]), 0.0)), 0.0)
+            v34_rows = tl.where(tl.arange(0, C) // BC == v34_k, 1.0, 0.0)
+            v34 += v34_rows[:, None] * tl.dot((v34_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + 4 * C * D + 3 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + v34_c[None, :]) * v34_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v34_xw = tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + v34_c[None, :])
+        v34_aw = tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + v34_c[None, :])
+        for v34_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v34_p = v34_r + v34_j
+            v34_y = tl.load(scratch + 7 * C * HID + 4 * C * D + 3 * C * BV + 3 * C * C + v34_p[:, None] * D + v34_c[None, :])
+            v34_b = tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + v34_p[:, None] * D + v34_c[None, :])
+            v34_d = tl.sum(v34_xw * v34_y * tl.exp(tl.minimum(v34_aw - v34_b, 0.0)), axis=1)
+            v34 += tl.where(tl.arange(0, C)[None, :] == v34_p[:, None], v34_d[:, None], 0.0)
     v34 = v34 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 5 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v34)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v34)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v23_rows = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v23_rows = tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v27_rows = tl.exp(v23_rows)  # cumulative decay in the chunk
         v29_rows = (q_rows * v27_rows)
-        tl.store(scratch + 7 * C * HID + 2 * C * BV + 5 * C * D + 4 * C * C + offs_rb[:, None] * D + offs_i[None, :], v29_rows)  # park
+        tl.store(scratch + 7 * C * HID + 6 * C * D + 3 * C * BV + 4 * C * C + offs_rb[:, None] * D + offs_i[None, :], v29_rows)  # park
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v23 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v38 = v23
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 6 * C * D + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v38)  # park
+    tl.store(scratch + 7 * C * HID + 7 * C * D + 3 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_o[None, :], v38)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v24 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v39 = v24
-    tl.store(scratch + 7 * C * HID + 3 * C * BV + 6 * C * D + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v39)  # park
-    tl.debug_barrier()  # parked tiles other threads stored
-    v38 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 6 * C * D + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    tl.store(scratch + 7 * C * HID + 7 * C * D + 4 * C * BV + 4 * C * C + offs_s[:, None] * D + offs_o[None, :], v39)  # park
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
+    tl.store(scratch + 7 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v56 = tl.zeros((C, C), DTYPE)
     v56_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v56_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + v56_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v56_xA = local_6 * v56_A
-    for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v56_start = v56_k * BC
-        v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + v56_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
-        v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v56_p = v56_r + v56_j
-        v56_y = tl.load(scratch + 7 * C * HID + v56_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v56_b = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + v56_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v56_d = tl.sum(local_6 * v56_y * tl.exp(tl.minimum(v38 - v56_b, 0.0)), axis=1)
-        v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
+    v56 = tl.zeros((C, C), DTYPE)
+    for v56_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v56_c = v56_cb + tl.arange(0, BK)
+        v56_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + v56_c[None, :]) - tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + v56_r[:, None] * BV + v56_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v56_xA = tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + v56_c[None, :]) * v56_A
+        for v56_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v56_start = v56_k * BC
+            v56_B = tl.where(tl.arange(0, C)[:, None] < v56_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + v56_start * BV + v56_c)[None, :] - tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + v56_c[None, :]), 0.0)), 0.0)
+            v56_rows = tl.where(tl.arange(0, C) // BC == v56_k, 1.0, 0.0)
+            v56 += v56_rows[:, None] * tl.dot((v56_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + v56_c[None, :]) * v56_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v56_xw = tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + v56_c[None, :])
+        v56_aw = tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + v56_c[None, :])
+        for v56_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v56_p = v56_r + v56_j
+            v56_y = tl.load(scratch + 7 * C * HID + C * D + C * BV + v56_p[:, None] * BV + v56_c[None, :])
+            v56_b = tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + v56_p[:, None] * BV + v56_c[None, :])
+            v56_d = tl.sum(v56_xw * v56_y * tl.exp(tl.minimum(v56_aw - v56_b, 0.0)), axis=1)
+            v56 += tl.where(tl.arange(0, C)[None, :] == v56_p[:, None], v56_d[:, None], 0.0)
     v56 = v56 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 4 * C * BV + 6 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v56)  # park
+    tl.store(scratch + 7 * C * HID + 7 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :], v56)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -4892,7 +5052,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v32 = v17
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v32)
     tl.debug_barrier()
-    v34 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 5 * C * D + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v34 = tl.load(scratch + 7 * C * HID + 6 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4900,7 +5060,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v35 = tl.dot(v34.to(DOT_DTYPE), v32.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v35)
     tl.debug_barrier()
-    v29 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 5 * C * D + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 7 * C * HID + 6 * C * D + 3 * C * BV + 4 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4915,7 +5075,7 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v40 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v40)
     tl.debug_barrier()
-    v56 = tl.load(scratch + 7 * C * HID + 4 * C * BV + 6 * C * D + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v56 = tl.load(scratch + 7 * C * HID + 7 * C * D + 5 * C * BV + 4 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -4944,34 +5104,35 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v32 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v66 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v67 += (tl.dot(v66.to(DOT_DTYPE), tl.trans(v32).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v32.to(DOT_DTYPE), tl.trans(v66).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v23 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v24 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 7 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v67)
-    tl.store(scratch + 7 * C * HID + C * BV + C * D + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 7 * C * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v67)
+    tl.store(scratch + 7 * C * HID + C * D + 2 * C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v68 = tl.zeros((C, D), DTYPE)
     v68_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v68_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + v68_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v68_xA = tl.load(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v68_A
-    for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v68_start = v68_k * BC
-        v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + v68_start * D + tl.arange(0, D))[None, :] - v24, 0.0)), 0.0)
-        v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
-        v68 += v68_B * tl.dot(tl.trans((tl.load(scratch + 7 * C * HID + C * BV + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v68_xA * v68_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v68_p = v68_r + v68_j
-        v68_x = tl.load(scratch + 7 * C * HID + C * BV + v68_p[:, None] * D + tl.arange(0, D)[None, :])
-        v68_y = tl.load(scratch + 7 * C * HID + C * BV + C * D + v68_p * C + tl.arange(0, C))
-        v68_m = tl.load(scratch + 7 * C * HID + C * BV + C * D + C * C + v68_p * C + tl.arange(0, C))
-        v68_a = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + v68_p[:, None] * D + tl.arange(0, D)[None, :])
-        v68 += v68_x * v68_y[:, None] * v68_m[:, None] * tl.exp(tl.minimum(v68_a - v24, 0.0))
+    for v68_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v68_c = v68_cb + tl.arange(0, BK)
+        v68_block = tl.zeros((C, BK), DTYPE)
+        v68_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + v68_c[None, :]) - tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + v68_r[:, None] * D + v68_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v68_xA = tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + v68_c[None, :]) * v68_A
+        for v68_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v68_start = v68_k * BC
+            v68_B = tl.where(tl.arange(0, C)[:, None] < v68_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + v68_start * D + v68_c)[None, :] - tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + v68_c[None, :]), 0.0)), 0.0)
+            v68_rows = tl.where(tl.arange(0, C) // BC == v68_k, 1.0, 0.0)
+            v68_block += v68_B * tl.dot(tl.trans((tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v68_xA * v68_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v68_bw = tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + v68_c[None, :])
+        for v68_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v68_p = v68_r + v68_j
+            v68_x = tl.load(scratch + 7 * C * HID + v68_p[:, None] * D + v68_c[None, :])
+            v68_y = tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + v68_p * C + tl.arange(0, C))
+            v68_m = tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + C * C + v68_p * C + tl.arange(0, C))
+            v68_a = tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + v68_p[:, None] * D + v68_c[None, :])
+            v68_block += v68_x * v68_y[:, None] * v68_m[:, None] * tl.exp(tl.minimum(v68_a - v68_bw, 0.0))
+        tl.store(scratch + 7 * C * HID + C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + v68_c[None, :], v68_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v68 = tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    v33 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C * D + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v33 = tl.load(scratch + 7 * C * HID + 4 * C * D + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v69 = ((-1.0) * v33 * v68)
-    tl.store(scratch + 7 * C * HID + 4 * C * BV + 6 * C * D + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
+    tl.store(scratch + 7 * C * HID + 7 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v69)  # park
     v42 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -4981,39 +5142,40 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v37 = (v37_c0 * (1.0 + tl.math.erf((v37_c0 * tl.full((), 1.4142135623730951, DTYPE)))))
         v40 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v42 += tl.dot(v37.to(DOT_DTYPE), tl.trans(v40).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()  # parked tiles other threads stored
-    v38 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 6 * C * D + 4 * C * C + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v39 = tl.load(scratch + 7 * C * HID + 3 * C * BV + 6 * C * D + 4 * C * C + offs_s[:, None] * D + offs_o[None, :])  # parked
-    local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 7 * C * HID + C * BV + C * D + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v42)
-    tl.store(scratch + 7 * C * HID + C * BV + C * D + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
+    tl.store(scratch + 7 * C * HID + C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v42)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v57 = tl.zeros((C, BV), DTYPE)
     v57_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v57_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + v57_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v57_yA = tl.load(scratch + 7 * C * HID + C * BV + C * D + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v57_A
-    for v57_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v57_start = v57_k * BC
-        v57_B = tl.where(tl.arange(0, C)[:, None] < v57_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + v57_start * BV + tl.arange(0, BV))[None, :] - v39, 0.0)), 0.0)
-        v57_rows = tl.where(tl.arange(0, C) // BC == v57_k, 1.0, 0.0)
-        v57 += v57_B * tl.dot(tl.trans((tl.load(scratch + 7 * C * HID + C * BV + C * D + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v57_rows[:, None])).to(DOT_DTYPE), (v57_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v57_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v57_p = v57_r + v57_j
-        v57_x = tl.load(scratch + 7 * C * HID + C * BV + C * D + 2 * C * C + v57_p * C + tl.arange(0, C))
-        v57_y = tl.load(scratch + 7 * C * HID + C * BV + C * D + 3 * C * C + v57_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v57_m = tl.load(scratch + 7 * C * HID + C * BV + C * D + C * C + v57_p * C + tl.arange(0, C))
-        v57_a = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + v57_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v57 += v57_x[:, None] * v57_y * v57_m[:, None] * tl.exp(tl.minimum(v57_a - v39, 0.0))
+    for v57_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v57_c = v57_cb + tl.arange(0, BK)
+        v57_block = tl.zeros((C, BK), DTYPE)
+        v57_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + v57_c[None, :]) - tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + v57_r[:, None] * BV + v57_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v57_yA = tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + v57_c[None, :]) * v57_A
+        for v57_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v57_start = v57_k * BC
+            v57_B = tl.where(tl.arange(0, C)[:, None] < v57_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + v57_start * BV + v57_c)[None, :] - tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + v57_c[None, :]), 0.0)), 0.0)
+            v57_rows = tl.where(tl.arange(0, C) // BC == v57_k, 1.0, 0.0)
+            v57_block += v57_B * tl.dot(tl.trans((tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v57_rows[:, None])).to(DOT_DTYPE), (v57_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v57_bw = tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + v57_c[None, :])
+        for v57_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v57_p = v57_r + v57_j
+            v57_x = tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + 2 * C * C + v57_p * C + tl.arange(0, C))
+            v57_y = tl.load(scratch + 7 * C * HID + C * D + v57_p[:, None] * BV + v57_c[None, :])
+            v57_m = tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + C * C + v57_p * C + tl.arange(0, C))
+            v57_a = tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + v57_p[:, None] * BV + v57_c[None, :])
+            v57_block += v57_x[:, None] * v57_y * v57_m[:, None] * tl.exp(tl.minimum(v57_a - v57_bw, 0.0))
+        tl.store(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + v57_c[None, :], v57_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v57 = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 3 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 4 * C * BV + 7 * C * D + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v57)  # park
+    tl.store(scratch + 7 * C * HID + 8 * C * D + 5 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v57)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         local_4_rows = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v57_rows = tl.load(scratch + 7 * C * HID + 4 * C * BV + 7 * C * D + 5 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v57_rows = tl.load(scratch + 7 * C * HID + 8 * C * D + 5 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_o[None, :])
         v58_rows = ((-1.0) * local_4_rows * v57_rows)
         v61_rows = v58_rows
-        tl.store(scratch + 7 * C * HID + 5 * C * BV + 7 * C * D + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :], v61_rows)  # park
+        tl.store(scratch + 7 * C * HID + 8 * C * D + 6 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :], v61_rows)  # park
     v53 = tl.zeros((C, D), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5023,12 +5185,12 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v32 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v32.to(DOT_DTYPE), v52.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v31 = tl.load(scratch + 7 * C * HID + 2 * C * BV + C * D + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v31 = tl.load(scratch + 7 * C * HID + 2 * C * D + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v54 = (v31 * v53)
-    tl.store(scratch + 7 * C * HID + 5 * C * BV + 8 * C * D + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v54)  # park
+    tl.store(scratch + 7 * C * HID + 9 * C * D + 6 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_i[None, :], v54)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v41 = local_3
-    tl.store(scratch + 7 * C * HID + 5 * C * BV + 9 * C * D + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v41)  # park
+    tl.store(scratch + 7 * C * HID + 10 * C * D + 6 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v41)  # park
     v48 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5037,38 +5199,38 @@ def chunk_grad_gate_alpha_4_bwd_kernel(
         v47 = ((-1.0) * d_new_w2)
         v40 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v48 += tl.dot(v40.to(DOT_DTYPE), tl.trans(v47).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 7 * C * HID + 6 * C * BV + 9 * C * D + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
+    tl.store(scratch + 7 * C * HID + 10 * C * D + 7 * C * BV + 5 * C * C + offs_s[:, None] * D + offs_o[None, :], v48)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v28_rows = tl.load(scratch + 7 * C * HID + 2 * C * BV + 2 * C * D + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :])
-        v41_rows = tl.load(scratch + 7 * C * HID + 5 * C * BV + 9 * C * D + 5 * C * C + offs_rb[:, None] * D + offs_o[None, :])
-        v48_rows = tl.load(scratch + 7 * C * HID + 6 * C * BV + 9 * C * D + 5 * C * C + offs_rb[:, None] * D + offs_o[None, :])
-        v54_rows = tl.load(scratch + 7 * C * HID + 5 * C * BV + 8 * C * D + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v28_rows = tl.load(scratch + 7 * C * HID + 3 * C * D + 3 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v41_rows = tl.load(scratch + 7 * C * HID + 10 * C * D + 6 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v48_rows = tl.load(scratch + 7 * C * HID + 10 * C * D + 7 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v54_rows = tl.load(scratch + 7 * C * HID + 9 * C * D + 6 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         v49_rows = (v41_rows * v48_rows)
         v51_rows = v49_rows
         v70_rows = (v51_rows + v54_rows)
         v71_rows = (v28_rows * v70_rows)
-        tl.store(scratch + 7 * C * HID + 7 * C * BV + 9 * C * D + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :], v71_rows)  # park
+        tl.store(scratch + 7 * C * HID + 10 * C * D + 8 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :], v71_rows)  # park
     v21 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + 7 * C * HID + 7 * C * BV + 10 * C * D + 5 * C * C + offs_s, v21)  # park
+    tl.store(scratch + 7 * C * HID + 11 * C * D + 8 * C * BV + 5 * C * C + offs_s, v21)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v23 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v23 = tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v25 = (v23 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v26 = tl.sum((v25), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v21_rows = tl.load(scratch + 7 * C * HID + 7 * C * BV + 10 * C * D + 5 * C * C + offs_rb)
-        v24_rows = tl.load(scratch + 7 * C * HID + 2 * C * BV + 4 * C * D + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :])
-        v61_rows = tl.load(scratch + 7 * C * HID + 5 * C * BV + 7 * C * D + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :])
-        v69_rows = tl.load(scratch + 7 * C * HID + 4 * C * BV + 6 * C * D + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :])
-        v71_rows = tl.load(scratch + 7 * C * HID + 7 * C * BV + 9 * C * D + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v21_rows = tl.load(scratch + 7 * C * HID + 11 * C * D + 8 * C * BV + 5 * C * C + offs_rb)
+        v24_rows = tl.load(scratch + 7 * C * HID + 5 * C * D + 3 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v61_rows = tl.load(scratch + 7 * C * HID + 8 * C * D + 6 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v69_rows = tl.load(scratch + 7 * C * HID + 7 * C * D + 5 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :])
+        v71_rows = tl.load(scratch + 7 * C * HID + 10 * C * D + 8 * C * BV + 5 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         v72_rows = ((-1.0) * v21_rows[:, None] * v71_rows * tl.exp((v26[None, :] - v24_rows)))
         v73_rows = (v61_rows + v69_rows + v72_rows)
-        tl.store(scratch + 7 * C * HID + 7 * C * BV + 10 * C * D + 5 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v73_rows)  # park
+        tl.store(scratch + 7 * C * HID + 11 * C * D + 8 * C * BV + 5 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v73_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v73 = tl.load(scratch + 7 * C * HID + 7 * C * BV + 10 * C * D + 5 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v73 = tl.load(scratch + 7 * C * HID + 11 * C * D + 8 * C * BV + 5 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v74 = v73
     v75 = tl.cumsum(v74, axis=0, reverse=True)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
@@ -5110,56 +5272,59 @@ def chunk_grad_gate_eta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (5 * C * HID + 5 * C * BV + 3 * C * C + 4 * C * D)  # v10, v27, v30, v32, v35, local_6, v37, causal, v28, v20, v29, v24, v33, v34, v44, v36, v47
+    scratch = scratch_ptr + slot * (5 * C * HID + 5 * C * D + 6 * C * BV + 3 * C * C)  # v10, v27, v30, v32, v35, q, local_6, v37, causal, v44, v28, v20, v29, v24, v33, v34, v44, v36, v47
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v26 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v23 = gate_eta
     v28 = (v26 * v23)
-    tl.store(scratch + 5 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 5 * C * HID + C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v28)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v19 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v20 = tl.cumsum(v19, axis=0, reverse=False)
-    tl.store(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + offs_t[:, None] * D + offs_i[None, :], v20)  # park
+    tl.store(scratch + 5 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v20)  # park
     v21 = v20
-    tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v29 = tl.zeros((C, C), DTYPE)
     v29_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v29_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + v29_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v29_xA = q * v29_A
-    for v29_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v29_start = v29_k * BC
-        v29_B = tl.where(tl.arange(0, C)[:, None] < v29_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + v29_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v29_rows = tl.where(tl.arange(0, C) // BC == v29_k, 1.0, 0.0)
-        v29 += v29_rows[:, None] * tl.dot((v29_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v29_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v29_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v29_p = v29_r + v29_j
-        v29_y = tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + v29_p[:, None] * D + tl.arange(0, D)[None, :])
-        v29_b = tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + v29_p[:, None] * D + tl.arange(0, D)[None, :])
-        v29_d = tl.sum(q * v29_y * tl.exp(tl.minimum(v20 - v29_b, 0.0)), axis=1)
-        v29 += tl.where(tl.arange(0, C)[None, :] == v29_p[:, None], v29_d[:, None], 0.0)
+    v29 = tl.zeros((C, C), DTYPE)
+    for v29_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v29_c = v29_cb + tl.arange(0, BK)
+        v29_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v29_c[None, :]) - tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v29_r[:, None] * D + v29_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v29_xA = tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + v29_c[None, :]) * v29_A
+        for v29_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v29_start = v29_k * BC
+            v29_B = tl.where(tl.arange(0, C)[:, None] < v29_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v29_start * D + v29_c)[None, :] - tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v29_c[None, :]), 0.0)), 0.0)
+            v29_rows = tl.where(tl.arange(0, C) // BC == v29_k, 1.0, 0.0)
+            v29 += v29_rows[:, None] * tl.dot((v29_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 5 * C * HID + C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v29_c[None, :]) * v29_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v29_xw = tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * D + v29_c[None, :])
+        v29_aw = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v29_c[None, :])
+        for v29_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v29_p = v29_r + v29_j
+            v29_y = tl.load(scratch + 5 * C * HID + C * D + 2 * C * BV + 2 * C * C + v29_p[:, None] * D + v29_c[None, :])
+            v29_b = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v29_p[:, None] * D + v29_c[None, :])
+            v29_d = tl.sum(v29_xw * v29_y * tl.exp(tl.minimum(v29_aw - v29_b, 0.0)), axis=1)
+            v29 += tl.where(tl.arange(0, C)[None, :] == v29_p[:, None], v29_d[:, None], 0.0)
     v29 = v29 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 5 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v29)  # park
+    tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v29)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v20_rows = tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v20_rows = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v22_rows = tl.exp(v20_rows)  # cumulative decay in the chunk
         v24_rows = (q_rows * v22_rows)
-        tl.store(scratch + 5 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v24_rows)  # park
+        tl.store(scratch + 5 * C * HID + 3 * C * D + 2 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :], v24_rows)  # park
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v33_rows = v20_rows
-        tl.store(scratch + 5 * C * HID + C * BV + 3 * C * C + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :], v33_rows)  # park
+        tl.store(scratch + 5 * C * HID + 4 * C * D + 2 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_o[None, :], v33_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v21 = tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v21 = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v34 = v21
-    tl.store(scratch + 5 * C * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v34)  # park
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 3 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v34)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5181,7 +5346,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v27 = v17
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v27)
     tl.debug_barrier()
-    v29 = tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v29 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5189,7 +5354,7 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v30 = tl.dot(v29.to(DOT_DTYPE), v27.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v30)
     tl.debug_barrier()
-    v24 = tl.load(scratch + 5 * C * HID + C * BV + 3 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 5 * C * HID + 3 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5213,44 +5378,48 @@ def chunk_grad_gate_eta_0_bwd_kernel(
         v32 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v35 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v37 += tl.dot(v32.to(DOT_DTYPE), tl.trans(v35).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    v33 = tl.load(scratch + 5 * C * HID + C * BV + 3 * C * C + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v34 = tl.load(scratch + 5 * C * HID + 2 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
-    tl.store(scratch + 5 * C * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v37)
-    tl.store(scratch + 5 * C * HID + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
+    tl.store(scratch + 5 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v37)
+    tl.store(scratch + 5 * C * HID + C * D + C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v44 = tl.zeros((C, BV), DTYPE)
     v44_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v44_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + v44_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v44_xA = tl.load(scratch + 5 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v44_A
-    for v44_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v44_start = v44_k * BC
-        v44_B = tl.where(tl.arange(0, C)[:, None] < v44_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + v44_start * BV + tl.arange(0, BV))[None, :] - v34, 0.0)), 0.0)
-        v44_rows = tl.where(tl.arange(0, C) // BC == v44_k, 1.0, 0.0)
-        v44 += v44_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v44_xA * v44_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v44_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v44_p = v44_r + v44_j
-        v44_x = tl.load(scratch + 5 * C * HID + v44_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v44_y = tl.load(scratch + 5 * C * HID + C * BV + v44_p * C + tl.arange(0, C))
-        v44_m = tl.load(scratch + 5 * C * HID + C * BV + C * C + v44_p * C + tl.arange(0, C))
-        v44_a = tl.load(scratch + 5 * C * HID + C * BV + 2 * C * C + C * D + v44_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v44 += v44_x * v44_y[:, None] * v44_m[:, None] * tl.exp(tl.minimum(v44_a - v34, 0.0))
+    for v44_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v44_c = v44_cb + tl.arange(0, BK)
+        v44_block = tl.zeros((C, BK), DTYPE)
+        v44_A = tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v44_c[None, :]) - tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v44_r[:, None] * BV + v44_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v44_xA = tl.load(scratch + 5 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + v44_c[None, :]) * v44_A
+        for v44_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v44_start = v44_k * BC
+            v44_B = tl.where(tl.arange(0, C)[:, None] < v44_start, tl.exp(tl.minimum(tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v44_start * BV + v44_c)[None, :] - tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v44_c[None, :]), 0.0)), 0.0)
+            v44_rows = tl.where(tl.arange(0, C) // BC == v44_k, 1.0, 0.0)
+            v44_block += v44_B * tl.dot(tl.trans((tl.load(scratch + 5 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]))).to(DOT_DTYPE), (v44_xA * v44_rows[:, None]).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v44_bw = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v44_c[None, :])
+        for v44_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v44_p = v44_r + v44_j
+            v44_x = tl.load(scratch + 5 * C * HID + C * D + v44_p[:, None] * BV + v44_c[None, :])
+            v44_y = tl.load(scratch + 5 * C * HID + C * D + C * BV + v44_p * C + tl.arange(0, C))
+            v44_m = tl.load(scratch + 5 * C * HID + C * D + C * BV + C * C + v44_p * C + tl.arange(0, C))
+            v44_a = tl.load(scratch + 5 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + v44_p[:, None] * BV + v44_c[None, :])
+            v44_block += v44_x * v44_y[:, None] * v44_m[:, None] * tl.exp(tl.minimum(v44_a - v44_bw, 0.0))
+        tl.store(scratch + 5 * C * HID + C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v44_c[None, :], v44_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v44 = tl.load(scratch + 5 * C * HID + C * D + C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 5 * C * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v44)  # park
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 4 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v44)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     v36 = local_3
-    tl.store(scratch + 5 * C * HID + 4 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v36)  # park
+    tl.store(scratch + 5 * C * HID + 4 * C * D + 5 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_o[None, :], v36)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v36_rows = tl.load(scratch + 5 * C * HID + 4 * C * BV + 3 * C * C + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :])
-        v44_rows = tl.load(scratch + 5 * C * HID + 3 * C * BV + 3 * C * C + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :])
+        v36_rows = tl.load(scratch + 5 * C * HID + 4 * C * D + 5 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v44_rows = tl.load(scratch + 5 * C * HID + 4 * C * D + 4 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_o[None, :])
         v46_rows = (v36_rows * v44_rows)
         v47_rows = v46_rows
-        tl.store(scratch + 5 * C * HID + 5 * C * BV + 3 * C * C + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :], v47_rows)  # park
+        tl.store(scratch + 5 * C * HID + 4 * C * D + 6 * C * BV + 3 * C * C + offs_rb[:, None] * D + offs_i[None, :], v47_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v47 = tl.load(scratch + 5 * C * HID + 5 * C * BV + 3 * C * C + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v47 = tl.load(scratch + 5 * C * HID + 4 * C * D + 6 * C * BV + 3 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v49 = v47
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v49.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -5288,84 +5457,92 @@ def chunk_grad_gate_eta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (7 * C * HID + 2 * C * BV + 4 * C * C + 5 * C * D)  # v10, v27, v25, v31, v34, v43, v48, local_4, v49, q, causal, v26, v20, v24, v28, v29, v32, v41
+    scratch = scratch_ptr + slot * (7 * C * HID + 6 * C * D + 3 * C * BV + 4 * C * C)  # v10, v27, v25, v31, v34, v43, v48, q, local_6, local_4, v49, causal, v50, v26, v20, v24, v28, v29, v32, v41
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v26 = k
-    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :], v26)  # park
+    tl.store(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v26)  # park
     local_3 = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v19 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v20 = tl.cumsum(v19, axis=0, reverse=False)
-    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :], v20)  # park
+    tl.store(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :], v20)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v20_rows = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v20_rows = tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :])
         v22_rows = tl.exp(v20_rows)  # cumulative decay in the chunk
         v24_rows = (q_rows * v22_rows)
-        tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :], v24_rows)  # park
+        tl.store(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_i[None, :], v24_rows)  # park
         gate_eta_rows = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)  # again, parked
     v23 = gate_eta
     tl.debug_barrier()  # parked tiles other threads stored
-    v26 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v26 = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v28 = (v26 * v23)
-    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 7 * C * HID + 5 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :], v28)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v20 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v20 = tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     v21 = v20
-    v28 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 4 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v29 = tl.zeros((C, C), DTYPE)
     v29_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v29_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v29_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v29_xA = q * v29_A
-    for v29_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v29_start = v29_k * BC
-        v29_B = tl.where(tl.arange(0, C)[:, None] < v29_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v29_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v29_rows = tl.where(tl.arange(0, C) // BC == v29_k, 1.0, 0.0)
-        v29 += v29_rows[:, None] * tl.dot((v29_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 4 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v29_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v29_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v29_p = v29_r + v29_j
-        v29_y = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 4 * C * D + v29_p[:, None] * D + tl.arange(0, D)[None, :])
-        v29_b = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v29_p[:, None] * D + tl.arange(0, D)[None, :])
-        v29_d = tl.sum(q * v29_y * tl.exp(tl.minimum(v20 - v29_b, 0.0)), axis=1)
-        v29 += tl.where(tl.arange(0, C)[None, :] == v29_p[:, None], v29_d[:, None], 0.0)
+    v29 = tl.zeros((C, C), DTYPE)
+    for v29_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v29_c = v29_cb + tl.arange(0, BK)
+        v29_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v29_c[None, :]) - tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + v29_r[:, None] * D + v29_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v29_xA = tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + v29_c[None, :]) * v29_A
+        for v29_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v29_start = v29_k * BC
+            v29_B = tl.where(tl.arange(0, C)[:, None] < v29_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + v29_start * D + v29_c)[None, :] - tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v29_c[None, :]), 0.0)), 0.0)
+            v29_rows = tl.where(tl.arange(0, C) // BC == v29_k, 1.0, 0.0)
+            v29 += v29_rows[:, None] * tl.dot((v29_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + 5 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v29_c[None, :]) * v29_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v29_xw = tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + v29_c[None, :])
+        v29_aw = tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v29_c[None, :])
+        for v29_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v29_p = v29_r + v29_j
+            v29_y = tl.load(scratch + 7 * C * HID + 5 * C * D + 2 * C * BV + 2 * C * C + v29_p[:, None] * D + v29_c[None, :])
+            v29_b = tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + v29_p[:, None] * D + v29_c[None, :])
+            v29_d = tl.sum(v29_xw * v29_y * tl.exp(tl.minimum(v29_aw - v29_b, 0.0)), axis=1)
+            v29 += tl.where(tl.arange(0, C)[None, :] == v29_p[:, None], v29_d[:, None], 0.0)
     v29 = v29 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + C * BV + 2 * C * C + 5 * C * D + offs_t[:, None] * C + offs_s[None, :], v29)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :], v29)  # park
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v32 = v20
-    tl.store(scratch + 7 * C * HID + C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :], v32)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 3 * C * C + offs_t[:, None] * D + offs_o[None, :], v32)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v21 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v21 = tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v33 = v21
-    v32 = tl.load(scratch + 7 * C * HID + C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
+    tl.store(scratch + 7 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v41 = tl.zeros((C, C), DTYPE)
     v41_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v41_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v41_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v41_xA = local_6 * v41_A
-    for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v41_start = v41_k * BC
-        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v41_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
-        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v41_p = v41_r + v41_j
-        v41_y = tl.load(scratch + 7 * C * HID + v41_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v41_b = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v41_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v41_d = tl.sum(local_6 * v41_y * tl.exp(tl.minimum(v32 - v41_b, 0.0)), axis=1)
-        v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
+    v41 = tl.zeros((C, C), DTYPE)
+    for v41_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v41_c = v41_cb + tl.arange(0, BK)
+        v41_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v41_c[None, :]) - tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + v41_r[:, None] * BV + v41_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v41_xA = tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + v41_c[None, :]) * v41_A
+        for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v41_start = v41_k * BC
+            v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + v41_start * BV + v41_c)[None, :] - tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v41_c[None, :]), 0.0)), 0.0)
+            v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
+            v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 7 * C * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + v41_c[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v41_xw = tl.load(scratch + 7 * C * HID + C * D + tl.arange(0, C)[:, None] * BV + v41_c[None, :])
+        v41_aw = tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * BV + v41_c[None, :])
+        for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v41_p = v41_r + v41_j
+            v41_y = tl.load(scratch + 7 * C * HID + C * D + C * BV + v41_p[:, None] * BV + v41_c[None, :])
+            v41_b = tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + v41_p[:, None] * BV + v41_c[None, :])
+            v41_d = tl.sum(v41_xw * v41_y * tl.exp(tl.minimum(v41_aw - v41_b, 0.0)), axis=1)
+            v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 7 * C * HID + 2 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 7 * C * HID + 6 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
@@ -5388,7 +5565,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v27 = v17
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v27)
     tl.debug_barrier()
-    v24 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v24 = tl.load(scratch + 7 * C * HID + 4 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5396,7 +5573,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v25 = tl.dot(v24.to(DOT_DTYPE), tl.trans(w1).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v25)
     tl.debug_barrier()
-    v29 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 5 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v29 = tl.load(scratch + 7 * C * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5411,7 +5588,7 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v34 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v34)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 7 * C * HID + 2 * C * BV + 3 * C * C + 5 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 7 * C * HID + 6 * C * D + 3 * C * BV + 3 * C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5440,32 +5617,33 @@ def chunk_grad_gate_eta_1_bwd_kernel(
         v27 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v48 = tl.load(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v49 += (tl.dot(v48.to(DOT_DTYPE), tl.trans(v27).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(v27.to(DOT_DTYPE), tl.trans(v48).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    if REREAD_INPUTS:  # loaded again, not held since its last reader
-        q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
-    v20 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v21 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v49)
-    tl.store(scratch + 7 * C * HID + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
-    tl.store(scratch + 7 * C * HID + C * BV + C * C + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 7 * C * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v49)
+    tl.store(scratch + 7 * C * HID + C * D + 2 * C * BV + C * C + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v50 = tl.zeros((C, D), DTYPE)
     v50_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v50_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v50_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v50_yA = tl.load(scratch + 7 * C * HID + C * BV + C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v50_A
-    for v50_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v50_start = v50_k * BC
-        v50_B = tl.where(tl.arange(0, C)[:, None] < v50_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v50_start * D + tl.arange(0, D))[None, :] - v21, 0.0)), 0.0)
-        v50_rows = tl.where(tl.arange(0, C) // BC == v50_k, 1.0, 0.0)
-        v50 += v50_B * tl.dot(tl.trans((tl.load(scratch + 7 * C * HID + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v50_rows[:, None])).to(DOT_DTYPE), (v50_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v50_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v50_p = v50_r + v50_j
-        v50_x = tl.load(scratch + 7 * C * HID + C * BV + v50_p * C + tl.arange(0, C))
-        v50_y = tl.load(scratch + 7 * C * HID + C * BV + C * C + v50_p[:, None] * D + tl.arange(0, D)[None, :])
-        v50_m = tl.load(scratch + 7 * C * HID + C * BV + C * C + C * D + v50_p * C + tl.arange(0, C))
-        v50_a = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + 2 * C * D + v50_p[:, None] * D + tl.arange(0, D)[None, :])
-        v50 += v50_x[:, None] * v50_y * v50_m[:, None] * tl.exp(tl.minimum(v50_a - v21, 0.0))
+    for v50_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v50_c = v50_cb + tl.arange(0, BK)
+        v50_block = tl.zeros((C, BK), DTYPE)
+        v50_A = tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v50_c[None, :]) - tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + v50_r[:, None] * D + v50_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v50_yA = tl.load(scratch + 7 * C * HID + tl.arange(0, C)[:, None] * D + v50_c[None, :]) * v50_A
+        for v50_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v50_start = v50_k * BC
+            v50_B = tl.where(tl.arange(0, C)[:, None] < v50_start, tl.exp(tl.minimum(tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + v50_start * D + v50_c)[None, :] - tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v50_c[None, :]), 0.0)), 0.0)
+            v50_rows = tl.where(tl.arange(0, C) // BC == v50_k, 1.0, 0.0)
+            v50_block += v50_B * tl.dot(tl.trans((tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :]) * v50_rows[:, None])).to(DOT_DTYPE), (v50_yA).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v50_bw = tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v50_c[None, :])
+        for v50_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v50_p = v50_r + v50_j
+            v50_x = tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + v50_p * C + tl.arange(0, C))
+            v50_y = tl.load(scratch + 7 * C * HID + v50_p[:, None] * D + v50_c[None, :])
+            v50_m = tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + C * C + v50_p * C + tl.arange(0, C))
+            v50_a = tl.load(scratch + 7 * C * HID + 3 * C * D + 2 * C * BV + 2 * C * C + v50_p[:, None] * D + v50_c[None, :])
+            v50_block += v50_x[:, None] * v50_y * v50_m[:, None] * tl.exp(tl.minimum(v50_a - v50_bw, 0.0))
+        tl.store(scratch + 7 * C * HID + C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + v50_c[None, :], v50_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v50 = tl.load(scratch + 7 * C * HID + C * D + 2 * C * BV + 2 * C * C + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    v26 = tl.load(scratch + 7 * C * HID + C * BV + 2 * C * C + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v26 = tl.load(scratch + 7 * C * HID + 2 * C * D + 2 * C * BV + 2 * C * C + offs_s[:, None] * D + offs_i[None, :])  # parked
     v51 = (v26 * v50)
     v52 = v51
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v52.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
@@ -5616,100 +5794,108 @@ def chunk_grad_gate_delta_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * D + 2 * C * C + 2 * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, local_4, v38, v34, v40, v28, v41, v36, v60, v26, v57, v48, v74, v53, v63, v75, v76, v84
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 7 * C * D + 8 * C * BV + 2 * C * C + 2 * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, q, local_6, local_4, v38, v34, v40, v28, v41, v36, v60, v26, v57, v48, v74, v53, v63, v75, v76, v84
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v34 = gate_eta
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :], v34)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
     v40 = (v38 * v34)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v40)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v28)  # park
     v29 = v28
-    tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v41 = tl.zeros((C, C), DTYPE)
     v41_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v41_xA = q * v41_A
-    for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v41_start = v41_k * BC
-        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
-        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v41_p = v41_r + v41_j
-        v41_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
-        v41_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
-        v41_d = tl.sum(q * v41_y * tl.exp(tl.minimum(v28 - v41_b, 0.0)), axis=1)
-        v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
+    v41 = tl.zeros((C, C), DTYPE)
+    for v41_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v41_c = v41_cb + tl.arange(0, BK)
+        v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v41_r[:, None] * D + v41_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v41_xA = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + v41_c[None, :]) * v41_A
+        for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v41_start = v41_k * BC
+            v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v41_start * D + v41_c)[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :]), 0.0)), 0.0)
+            v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
+            v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v41_xw = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + v41_c[None, :])
+        v41_aw = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :])
+        for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v41_p = v41_r + v41_j
+            v41_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + 2 * C * BV + v41_p[:, None] * D + v41_c[None, :])
+            v41_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v41_p[:, None] * D + v41_c[None, :])
+            v41_d = tl.sum(v41_xw * v41_y * tl.exp(tl.minimum(v41_aw - v41_b, 0.0)), axis=1)
+            v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v28_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v28_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v33_rows = tl.exp(v28_rows)  # cumulative decay in the chunk
         v36_rows = (q_rows * v33_rows)
-        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_rb[:, None] * D + offs_i[None, :], v36_rows)  # park
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v36_rows)  # park
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = v28
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = v29
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v60 = tl.zeros((C, C), DTYPE)
     v60_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v60_xA = local_6 * v60_A
-    for v60_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v60_start = v60_k * BC
-        v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v60_rows = tl.where(tl.arange(0, C) // BC == v60_k, 1.0, 0.0)
-        v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v60_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v60_p = v60_r + v60_j
-        v60_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v60_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v60_d = tl.sum(local_6 * v60_y * tl.exp(tl.minimum(v44 - v60_b, 0.0)), axis=1)
-        v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
+    v60 = tl.zeros((C, C), DTYPE)
+    for v60_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v60_c = v60_cb + tl.arange(0, BK)
+        v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v60_r[:, None] * BV + v60_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v60_xA = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + v60_c[None, :]) * v60_A
+        for v60_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v60_start = v60_k * BC
+            v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v60_start * BV + v60_c)[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :]), 0.0)), 0.0)
+            v60_rows = tl.where(tl.arange(0, C) // BC == v60_k, 1.0, 0.0)
+            v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v60_xw = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + v60_c[None, :])
+        v60_aw = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :])
+        for v60_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v60_p = v60_r + v60_j
+            v60_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + C * BV + v60_p[:, None] * BV + v60_c[None, :])
+            v60_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v60_p[:, None] * BV + v60_c[None, :])
+            v60_d = tl.sum(v60_xw * v60_y * tl.exp(tl.minimum(v60_aw - v60_b, 0.0)), axis=1)
+            v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
     v60 = v60 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s, v26)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_s, v26)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v26_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_rb)
-        v29_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v34_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v38_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v26_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_rb)
+        v29_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v34_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v38_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v32_rows = (v26_rows[:, None] * tl.exp((v31[None, :] - v29_rows)))  # decay from token s to the chunk's end
         v35_rows = (v32_rows * v34_rows)
         v57_rows = (v35_rows * v38_rows)
-        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v57_rows)  # park
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v57_rows)  # park
         v48_rows = v35_rows
-        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v48_rows)  # park
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v48_rows)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -5731,7 +5917,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v39 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5739,7 +5925,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5754,7 +5940,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v46 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5776,7 +5962,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v69 = ((-1.0) * v68)
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5787,7 +5973,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v56 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v56)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -5812,7 +5998,7 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v52 = ((-1.0) * d_new_w2)
         tl.store(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v52)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 3 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v53 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5820,30 +6006,30 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         v46 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v52 = tl.load(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v48_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v53_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v48_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v53_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
         v54_rows = (v48_rows * v53_rows)
         local_7_rows = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v63_rows = (v54_rows + local_7_rows)
-        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v63_rows)  # park
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v63_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v64 = v63
-    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 3 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = tl.sum((v75), axis=1)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + C + offs_t, v76)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + C + offs_t, v76)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v75_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v76_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb)
+        v75_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v76_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + C + offs_rb)
         v77_rows = (v76_rows / (D))
         v78_rows = ((-1.0) * v77_rows)
         v79_rows = (v75_rows + v78_rows[:, None])
@@ -5859,9 +6045,9 @@ def chunk_grad_gate_delta_0_bwd_kernel(
         gate_delta_rows = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
         v18_rows = gate_delta_rows
         v84_rows = (v83_rows * tl.where((v18_rows >= tl.abs(local_1_rows)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0))))
-        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v84_rows)  # park
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v84_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v84 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v84 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v85 = v84
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v85.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -5899,34 +6085,34 @@ def chunk_grad_gate_delta_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + C)  # v10, v46, v52, v58, v37, v39, v43, v62, v69, v73, v40, local_4, v18, v28, v32, v34, v35, v48, v53, v63, v57, v41, v36, v60, v75, v76, v81
+    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 8 * C * D + 8 * C * BV + 2 * C * C + C)  # v10, v46, v52, v58, v37, v39, v43, v62, v69, v73, q, v40, local_6, local_4, v18, v28, v32, v34, v35, v48, v53, v63, v57, v41, v36, v60, v75, v76, v81
     local_1 = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     gate_delta = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v18 = gate_delta
-    tl.store(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_o[None, :], v18)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :], v18)  # park
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
-    tl.store(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :], v28)  # park
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
     v29 = v28
     v32 = (v26[:, None] * tl.exp((v31[None, :] - v29)))  # decay from token s to the chunk's end
-    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v32)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v32)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v34 = gate_eta
-    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v32_rows = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
-        v34_rows = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v32_rows = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v34_rows = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v35_rows = (v32_rows * v34_rows)
-        tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v35_rows)  # park
+        tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v35_rows)  # park
         v48_rows = v35_rows
-        tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v48_rows)  # park
+        tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v48_rows)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -5949,90 +6135,99 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v46 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v52 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v48_rows = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v53_rows = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v48_rows = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v53_rows = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v54_rows = (v48_rows * v53_rows)
         local_7_rows = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v63_rows = (v54_rows + local_7_rows)
-        tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v63_rows)  # park
+        tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v63_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v64 = v63
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
-    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v57 = (v35 * v38)
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v57)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :], v57)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v40 = (v38 * v34)
-    v28 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v29 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
+    tl.store(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v40)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v41 = tl.zeros((C, C), DTYPE)
     v41_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v41_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v41_xA = q * v41_A
-    for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v41_start = v41_k * BC
-        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v41_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
-        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v41_p = v41_r + v41_j
-        v41_y = tl.load(scratch + 9 * C * HID + BV * HID + v41_p[:, None] * D + tl.arange(0, D)[None, :])
-        v41_b = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v41_p[:, None] * D + tl.arange(0, D)[None, :])
-        v41_d = tl.sum(q * v41_y * tl.exp(tl.minimum(v28 - v41_b, 0.0)), axis=1)
-        v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
+    v41 = tl.zeros((C, C), DTYPE)
+    for v41_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v41_c = v41_cb + tl.arange(0, BK)
+        v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + v41_r[:, None] * D + v41_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v41_xA = tl.load(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + v41_c[None, :]) * v41_A
+        for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v41_start = v41_k * BC
+            v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + v41_start * D + v41_c)[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :]), 0.0)), 0.0)
+            v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
+            v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + v41_c[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v41_xw = tl.load(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + v41_c[None, :])
+        v41_aw = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :])
+        for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v41_p = v41_r + v41_j
+            v41_y = tl.load(scratch + 9 * C * HID + BV * HID + C * D + v41_p[:, None] * D + v41_c[None, :])
+            v41_b = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + v41_p[:, None] * D + v41_c[None, :])
+            v41_d = tl.sum(v41_xw * v41_y * tl.exp(tl.minimum(v41_aw - v41_b, 0.0)), axis=1)
+            v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v28_rows = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v28_rows = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v33_rows = tl.exp(v28_rows)  # cumulative decay in the chunk
         v36_rows = (q_rows * v33_rows)
-        tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v36_rows)  # park
+        tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v36_rows)  # park
         local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = v28
+    v29 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = v29
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
+    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v60 = tl.zeros((C, C), DTYPE)
     v60_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v60_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v60_xA = local_6 * v60_A
-    for v60_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v60_start = v60_k * BC
-        v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v60_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v60_rows = tl.where(tl.arange(0, C) // BC == v60_k, 1.0, 0.0)
-        v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v60_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v60_p = v60_r + v60_j
-        v60_y = tl.load(scratch + 9 * C * HID + BV * HID + C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v60_b = tl.load(scratch + 9 * C * HID + BV * HID + C * D + 2 * C * BV + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v60_d = tl.sum(local_6 * v60_y * tl.exp(tl.minimum(v44 - v60_b, 0.0)), axis=1)
-        v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
+    v60 = tl.zeros((C, C), DTYPE)
+    for v60_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v60_c = v60_cb + tl.arange(0, BK)
+        v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + v60_r[:, None] * BV + v60_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v60_xA = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v60_c[None, :]) * v60_A
+        for v60_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v60_start = v60_k * BC
+            v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + v60_start * BV + v60_c)[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :]), 0.0)), 0.0)
+            v60_rows = tl.where(tl.arange(0, C) // BC == v60_k, 1.0, 0.0)
+            v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v60_xw = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v60_c[None, :])
+        v60_aw = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :])
+        for v60_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v60_p = v60_r + v60_j
+            v60_y = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + v60_p[:, None] * BV + v60_c[None, :])
+            v60_b = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 3 * C * BV + v60_p[:, None] * BV + v60_c[None, :])
+            v60_d = tl.sum(v60_xw * v60_y * tl.exp(tl.minimum(v60_aw - v60_b, 0.0)), axis=1)
+            v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
     v60 = v60 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 8 * C * D + 6 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v57 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 6 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6041,7 +6236,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v58 = tl.dot(v57.to(DOT_DTYPE), tl.trans(v56).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v58)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6061,7 +6256,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v39 = v22
         tl.store(scratch + 4 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6071,7 +6266,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v43 = (v37 - v42)
         tl.store(scratch + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v43)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + BV * HID + 8 * C * D + 6 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6093,7 +6288,7 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v69 = ((-1.0) * v68)
         tl.store(scratch + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6114,20 +6309,20 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v73 = tl.load(scratch + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v74 += (tl.dot(v73.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v73).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v64 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v64 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
-    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 8 * C * D + 6 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = tl.sum((v75), axis=1)
-    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + offs_t, v76)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 8 * C * D + 7 * C * BV + 2 * C * C + offs_t, v76)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_1_rows = tl.load(local_1_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v18_rows = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v75_rows = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
-        v76_rows = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + offs_rb)
+        v18_rows = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v75_rows = tl.load(scratch + 9 * C * HID + BV * HID + 8 * C * D + 6 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v76_rows = tl.load(scratch + 9 * C * HID + BV * HID + 8 * C * D + 7 * C * BV + 2 * C * C + offs_rb)
         v77_rows = (v76_rows / (D))
         v78_rows = ((-1.0) * v77_rows)
         v79_rows = (v75_rows + v78_rows[:, None])
@@ -6136,9 +6331,9 @@ def chunk_grad_gate_delta_1_bwd_kernel(
         v16_rows = (v15_rows / (D))
         v80_rows = (ln_weight[None, :] * v79_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
         v81_rows = (v80_rows * tl.where((v18_rows >= tl.abs(local_1_rows)), 0.0, (1.0 * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0))))
-        tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v81_rows)  # park
+        tl.store(scratch + 9 * C * HID + BV * HID + 8 * C * D + 7 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v81_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v81 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v81 = tl.load(scratch + 9 * C * HID + BV * HID + 8 * C * D + 7 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v82 = v81
     tl.store(grad_block_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], v82.to(grad_block_ptr.dtype.element_ty), mask=(offs_t < nv)[:, None])
 
@@ -6176,51 +6371,54 @@ def chunk_grad_ln_weight_0_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (4 * C * HID + 3 * C * C + 7 * C * BV + 3 * C * D + C)  # v10, v28, v31, v33, v40, local_4, causal, v29, v21, v30, v25, v34, v36, v37, v38, v43, v44, v54
+    scratch = scratch_ptr + slot * (4 * C * HID + 4 * C * D + 3 * C * C + 8 * C * BV + C)  # v10, v28, v31, v33, q, v40, local_4, causal, v42, v29, v21, v30, v25, v34, v36, v37, v38, v43, v44, v54
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v27 = k
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v24 = gate_eta
     v29 = (v27 * v24)
-    tl.store(scratch + 4 * C * HID + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :], v29)  # park
+    tl.store(scratch + 4 * C * HID + C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v29)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v20 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v21 = tl.cumsum(v20, axis=0, reverse=False)
-    tl.store(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :], v21)  # park
+    tl.store(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v21)  # park
     v22 = v21
-    tl.debug_barrier()  # parked tiles other threads stored
-    v29 = tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 4 * C * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v30 = tl.zeros((C, C), DTYPE)
     v30_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v30_A = tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + v30_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v30_xA = q * v30_A
-    for v30_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v30_start = v30_k * BC
-        v30_B = tl.where(tl.arange(0, C)[:, None] < v30_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + v30_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v30_rows = tl.where(tl.arange(0, C) // BC == v30_k, 1.0, 0.0)
-        v30 += v30_rows[:, None] * tl.dot((v30_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v30_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v30_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v30_p = v30_r + v30_j
-        v30_y = tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + v30_p[:, None] * D + tl.arange(0, D)[None, :])
-        v30_b = tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + v30_p[:, None] * D + tl.arange(0, D)[None, :])
-        v30_d = tl.sum(q * v30_y * tl.exp(tl.minimum(v21 - v30_b, 0.0)), axis=1)
-        v30 += tl.where(tl.arange(0, C)[None, :] == v30_p[:, None], v30_d[:, None], 0.0)
+    v30 = tl.zeros((C, C), DTYPE)
+    for v30_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v30_c = v30_cb + tl.arange(0, BK)
+        v30_A = tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + v30_c[None, :]) - tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v30_r[:, None] * D + v30_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v30_xA = tl.load(scratch + 4 * C * HID + tl.arange(0, C)[:, None] * D + v30_c[None, :]) * v30_A
+        for v30_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v30_start = v30_k * BC
+            v30_B = tl.where(tl.arange(0, C)[:, None] < v30_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v30_start * D + v30_c)[None, :] - tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + v30_c[None, :]), 0.0)), 0.0)
+            v30_rows = tl.where(tl.arange(0, C) // BC == v30_k, 1.0, 0.0)
+            v30 += v30_rows[:, None] * tl.dot((v30_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 4 * C * HID + C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + v30_c[None, :]) * v30_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v30_xw = tl.load(scratch + 4 * C * HID + tl.arange(0, C)[:, None] * D + v30_c[None, :])
+        v30_aw = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * D + v30_c[None, :])
+        for v30_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v30_p = v30_r + v30_j
+            v30_y = tl.load(scratch + 4 * C * HID + C * D + 2 * C * C + 2 * C * BV + v30_p[:, None] * D + v30_c[None, :])
+            v30_b = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v30_p[:, None] * D + v30_c[None, :])
+            v30_d = tl.sum(v30_xw * v30_y * tl.exp(tl.minimum(v30_aw - v30_b, 0.0)), axis=1)
+            v30 += tl.where(tl.arange(0, C)[None, :] == v30_p[:, None], v30_d[:, None], 0.0)
     v30 = v30 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 4 * C * HID + 2 * C * C + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :], v30)  # park
+    tl.store(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v30)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v21_rows = tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v21_rows = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v23_rows = tl.exp(v21_rows)  # cumulative decay in the chunk
         v25_rows = (q_rows * v23_rows)
-        tl.store(scratch + 4 * C * HID + 3 * C * C + C * BV + 2 * C * D + offs_rb[:, None] * D + offs_i[None, :], v25_rows)  # park
+        tl.store(scratch + 4 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v25_rows)  # park
         v34_rows = v23_rows
-        tl.store(scratch + 4 * C * HID + 3 * C * C + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :], v34_rows)  # park
+        tl.store(scratch + 4 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v34_rows)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -6242,7 +6440,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v28 = v18
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v28)
     tl.debug_barrier()
-    v30 = tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + 2 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v30 = tl.load(scratch + 4 * C * HID + 3 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6250,7 +6448,7 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v31 = tl.dot(v30.to(DOT_DTYPE), v28.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v31)
     tl.debug_barrier()
-    v25 = tl.load(scratch + 4 * C * HID + 3 * C * C + C * BV + 2 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v25 = tl.load(scratch + 4 * C * HID + 3 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6269,18 +6467,18 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v33 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v35 += tl.dot(v33.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v34 = tl.load(scratch + 4 * C * HID + 3 * C * C + C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v34 = tl.load(scratch + 4 * C * HID + 4 * C * D + 3 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v36 = (v34 * v35)
-    tl.store(scratch + 4 * C * HID + 3 * C * C + 2 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v36)  # park
+    tl.store(scratch + 4 * C * HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :], v36)  # park
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v21 = tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v21 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v37 = v21
-    tl.store(scratch + 4 * C * HID + 3 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v37)  # park
+    tl.store(scratch + 4 * C * HID + 4 * C * D + 3 * C * C + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :], v37)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v22 = tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v22 = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v38 = v22
-    tl.store(scratch + 4 * C * HID + 3 * C * C + 4 * C * BV + 3 * C * D + offs_s[:, None] * D + offs_o[None, :], v38)  # park
+    tl.store(scratch + 4 * C * HID + 4 * C * D + 3 * C * C + 5 * C * BV + offs_s[:, None] * D + offs_o[None, :], v38)  # park
     v40 = tl.zeros((C, C), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6291,41 +6489,44 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v39 = v11
         v33 = tl.load(scratch + 3 * C * HID + offs_t[:, None] * HID + offs_h[None, :])
         v40 += tl.dot(v33.to(DOT_DTYPE), tl.trans(v39).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)  # scores x_t·x_s
-    tl.debug_barrier()  # parked tiles other threads stored
-    v37 = tl.load(scratch + 4 * C * HID + 3 * C * C + 3 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
-    v38 = tl.load(scratch + 4 * C * HID + 3 * C * C + 4 * C * BV + 3 * C * D + offs_s[:, None] * D + offs_o[None, :])  # parked
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 4 * C * HID + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v40)
-    tl.store(scratch + 4 * C * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
-    tl.store(scratch + 4 * C * HID + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
+    tl.store(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], v40)
+    tl.store(scratch + 4 * C * HID + C * D + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 4 * C * HID + C * D + C * C + C * BV + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :], tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0))
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v42 = tl.zeros((C, BV), DTYPE)
     v42_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v42_A = tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + v42_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    for v42_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v42_start = v42_k * BC
-        v42_B = tl.where(tl.arange(0, C)[:, None] < v42_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + v42_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v42_rows = tl.where(tl.arange(0, C) // BC == v42_k, 1.0, 0.0)
-        v42 += v42_rows[:, None] * tl.dot((tl.load(scratch + 4 * C * HID + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 4 * C * HID + C * C + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v42_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    v42 = v42 * v42_A
-    for v42_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v42_p = v42_r + v42_j
-        v42_x = tl.load(scratch + 4 * C * HID + tl.arange(0, C) * C + v42_p)
-        v42_y = tl.load(scratch + 4 * C * HID + C * C + v42_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v42_m = tl.load(scratch + 4 * C * HID + C * C + C * BV + tl.arange(0, C) * C + v42_p)
-        v42_b = tl.load(scratch + 4 * C * HID + 2 * C * C + C * BV + C * D + v42_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v42 += v42_x[:, None] * v42_y * v42_m[:, None] * tl.exp(tl.minimum(v37 - v42_b, 0.0))
+    for v42_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v42_c = v42_cb + tl.arange(0, BK)
+        v42_block = tl.zeros((C, BK), DTYPE)
+        v42_A = tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v42_c[None, :]) - tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v42_r[:, None] * BV + v42_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        for v42_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v42_start = v42_k * BC
+            v42_B = tl.where(tl.arange(0, C)[:, None] < v42_start, tl.exp(tl.minimum(tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v42_start * BV + v42_c)[None, :] - tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v42_c[None, :]), 0.0)), 0.0)
+            v42_rows = tl.where(tl.arange(0, C) // BC == v42_k, 1.0, 0.0)
+            v42_block += v42_rows[:, None] * tl.dot((tl.load(scratch + 4 * C * HID + C * D + tl.arange(0, C)[:, None] * C + tl.arange(0, C)[None, :])).to(DOT_DTYPE), (tl.load(scratch + 4 * C * HID + C * D + C * C + tl.arange(0, C)[:, None] * BV + v42_c[None, :]) * v42_B).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v42_block = v42_block * v42_A
+        v42_aw = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v42_c[None, :])
+        for v42_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v42_p = v42_r + v42_j
+            v42_x = tl.load(scratch + 4 * C * HID + C * D + tl.arange(0, C) * C + v42_p)
+            v42_y = tl.load(scratch + 4 * C * HID + C * D + C * C + v42_p[:, None] * BV + v42_c[None, :])
+            v42_m = tl.load(scratch + 4 * C * HID + C * D + C * C + C * BV + tl.arange(0, C) * C + v42_p)
+            v42_b = tl.load(scratch + 4 * C * HID + 2 * C * D + 2 * C * C + 2 * C * BV + v42_p[:, None] * BV + v42_c[None, :])
+            v42_block += v42_x[:, None] * v42_y * v42_m[:, None] * tl.exp(tl.minimum(v42_aw - v42_b, 0.0))
+        tl.store(scratch + 4 * C * HID + C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + v42_c[None, :], v42_block)
+    tl.debug_barrier()  # the blocks other threads stored
+    v42 = tl.load(scratch + 4 * C * HID + C * D + 2 * C * C + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :])
     tl.debug_barrier()  # every slice read before the slots are written again
-    v36 = tl.load(scratch + 4 * C * HID + 3 * C * C + 2 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v36 = tl.load(scratch + 4 * C * HID + 4 * C * D + 3 * C * C + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v43 = (v36 - v42)
-    tl.store(scratch + 4 * C * HID + 3 * C * C + 5 * C * BV + 3 * C * D + offs_t[:, None] * D + offs_o[None, :], v43)  # park
+    tl.store(scratch + 4 * C * HID + 4 * C * D + 3 * C * C + 6 * C * BV + offs_t[:, None] * D + offs_o[None, :], v43)  # park
     v44 = tl.sum((v43), axis=1)
-    tl.store(scratch + 4 * C * HID + 3 * C * C + 6 * C * BV + 3 * C * D + offs_t, v44)  # park
+    tl.store(scratch + 4 * C * HID + 4 * C * D + 3 * C * C + 7 * C * BV + offs_t, v44)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v43_rows = tl.load(scratch + 4 * C * HID + 3 * C * C + 5 * C * BV + 3 * C * D + offs_rb[:, None] * D + offs_o[None, :])
-        v44_rows = tl.load(scratch + 4 * C * HID + 3 * C * C + 6 * C * BV + 3 * C * D + offs_rb)
+        v43_rows = tl.load(scratch + 4 * C * HID + 4 * C * D + 3 * C * C + 6 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v44_rows = tl.load(scratch + 4 * C * HID + 4 * C * D + 3 * C * C + 7 * C * BV + offs_rb)
         v45_rows = (v44_rows / (D))
         v46_rows = (v43_rows - v45_rows[:, None])
         v47_rows = (v46_rows * v46_rows)
@@ -6333,9 +6534,9 @@ def chunk_grad_ln_weight_0_bwd_kernel(
         v49_rows = (v48_rows / (D))
         d_out_rows = tl.load(d_out_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
         v54_rows = (v46_rows * d_out_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v49_rows[:, None])))))
-        tl.store(scratch + 4 * C * HID + 3 * C * C + 6 * C * BV + 3 * C * D + C + offs_rb[:, None] * D + offs_o[None, :], v54_rows)  # park
+        tl.store(scratch + 4 * C * HID + 4 * C * D + 3 * C * C + 7 * C * BV + C + offs_rb[:, None] * D + offs_o[None, :], v54_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v54 = tl.load(scratch + 4 * C * HID + 3 * C * C + 6 * C * BV + 3 * C * D + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v54 = tl.load(scratch + 4 * C * HID + 4 * C * D + 3 * C * C + 7 * C * BV + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v55 = tl.sum((v54), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v55.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -6373,31 +6574,31 @@ def chunk_grad_ln_weight_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + C)  # v10, v45, v51, v57, v36, v38, v42, v61, v68, v72, v39, local_4, v27, v31, v33, v34, v47, v52, v62, v56, v40, v35, v59, v74, v75, v82
+    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 8 * C * D + 7 * C * BV + 2 * C * C + C)  # v10, v45, v51, v57, v36, v38, v42, v61, v68, v72, q, v39, local_6, local_4, v27, v31, v33, v34, v47, v52, v62, v56, v40, v35, v59, v74, v75, v82
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v25 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v26 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v27 = tl.cumsum(v26, axis=0, reverse=False)
-    tl.store(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v27)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v27)  # park
     v29 = (v27 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v30 = tl.sum((v29), axis=0)
     v28 = v27
     v31 = (v25[:, None] * tl.exp((v30[None, :] - v28)))  # decay from token s to the chunk's end
-    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v31)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v31)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v33 = gate_eta
-    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v33)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v33)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v31_rows = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
-        v33_rows = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v31_rows = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v33_rows = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v34_rows = (v31_rows * v33_rows)
-        tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v34_rows)  # park
+        tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v34_rows)  # park
         v47_rows = v34_rows
-        tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :], v47_rows)  # park
+        tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v47_rows)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6420,90 +6621,99 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v45 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v51 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v52 += tl.dot(v45.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v52)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v52)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v47_rows = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v52_rows = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v47_rows = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v52_rows = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v53_rows = (v47_rows * v52_rows)
         local_7_rows = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v62_rows = (v53_rows + local_7_rows)
-        tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v62_rows)  # park
+        tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v62_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v63 = v62
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v37 = k
-    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v56 = (v34 * v37)
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v56)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v56)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v33 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v33 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v39 = (v37 * v33)
-    v27 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v28 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v39)
+    tl.store(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v39)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v40 = tl.zeros((C, C), DTYPE)
     v40_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v40_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + v40_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v40_xA = q * v40_A
-    for v40_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v40_start = v40_k * BC
-        v40_B = tl.where(tl.arange(0, C)[:, None] < v40_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + v40_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v40_rows = tl.where(tl.arange(0, C) // BC == v40_k, 1.0, 0.0)
-        v40 += v40_rows[:, None] * tl.dot((v40_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v40_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v40_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v40_p = v40_r + v40_j
-        v40_y = tl.load(scratch + 9 * C * HID + BV * HID + v40_p[:, None] * D + tl.arange(0, D)[None, :])
-        v40_b = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + v40_p[:, None] * D + tl.arange(0, D)[None, :])
-        v40_d = tl.sum(q * v40_y * tl.exp(tl.minimum(v27 - v40_b, 0.0)), axis=1)
-        v40 += tl.where(tl.arange(0, C)[None, :] == v40_p[:, None], v40_d[:, None], 0.0)
+    v40 = tl.zeros((C, C), DTYPE)
+    for v40_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v40_c = v40_cb + tl.arange(0, BK)
+        v40_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v40_c[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + v40_r[:, None] * D + v40_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v40_xA = tl.load(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + v40_c[None, :]) * v40_A
+        for v40_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v40_start = v40_k * BC
+            v40_B = tl.where(tl.arange(0, C)[:, None] < v40_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + v40_start * D + v40_c)[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v40_c[None, :]), 0.0)), 0.0)
+            v40_rows = tl.where(tl.arange(0, C) // BC == v40_k, 1.0, 0.0)
+            v40 += v40_rows[:, None] * tl.dot((v40_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + v40_c[None, :]) * v40_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v40_xw = tl.load(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + v40_c[None, :])
+        v40_aw = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v40_c[None, :])
+        for v40_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v40_p = v40_r + v40_j
+            v40_y = tl.load(scratch + 9 * C * HID + BV * HID + C * D + v40_p[:, None] * D + v40_c[None, :])
+            v40_b = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + v40_p[:, None] * D + v40_c[None, :])
+            v40_d = tl.sum(v40_xw * v40_y * tl.exp(tl.minimum(v40_aw - v40_b, 0.0)), axis=1)
+            v40 += tl.where(tl.arange(0, C)[None, :] == v40_p[:, None], v40_d[:, None], 0.0)
     v40 = v40 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v40)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v27_rows = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v27_rows = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v32_rows = tl.exp(v27_rows)  # cumulative decay in the chunk
         v35_rows = (q_rows * v32_rows)
-        tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v35_rows)  # park
+        tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v35_rows)  # park
         local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v27 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v27 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v43 = v27
+    v28 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v44 = v28
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
+    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v59 = tl.zeros((C, C), DTYPE)
     v59_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v59_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + v59_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v59_xA = local_6 * v59_A
-    for v59_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v59_start = v59_k * BC
-        v59_B = tl.where(tl.arange(0, C)[:, None] < v59_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + v59_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v59_rows = tl.where(tl.arange(0, C) // BC == v59_k, 1.0, 0.0)
-        v59 += v59_rows[:, None] * tl.dot((v59_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v59_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v59_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v59_p = v59_r + v59_j
-        v59_y = tl.load(scratch + 9 * C * HID + BV * HID + C * D + v59_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v59_b = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + v59_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v59_d = tl.sum(local_6 * v59_y * tl.exp(tl.minimum(v43 - v59_b, 0.0)), axis=1)
-        v59 += tl.where(tl.arange(0, C)[None, :] == v59_p[:, None], v59_d[:, None], 0.0)
+    v59 = tl.zeros((C, C), DTYPE)
+    for v59_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v59_c = v59_cb + tl.arange(0, BK)
+        v59_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v59_c[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + v59_r[:, None] * BV + v59_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v59_xA = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v59_c[None, :]) * v59_A
+        for v59_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v59_start = v59_k * BC
+            v59_B = tl.where(tl.arange(0, C)[:, None] < v59_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + v59_start * BV + v59_c)[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v59_c[None, :]), 0.0)), 0.0)
+            v59_rows = tl.where(tl.arange(0, C) // BC == v59_k, 1.0, 0.0)
+            v59 += v59_rows[:, None] * tl.dot((v59_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v59_c[None, :]) * v59_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v59_xw = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v59_c[None, :])
+        v59_aw = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v59_c[None, :])
+        for v59_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v59_p = v59_r + v59_j
+            v59_y = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + v59_p[:, None] * BV + v59_c[None, :])
+            v59_b = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + v59_p[:, None] * BV + v59_c[None, :])
+            v59_d = tl.sum(v59_xw * v59_y * tl.exp(tl.minimum(v59_aw - v59_b, 0.0)), axis=1)
+            v59 += tl.where(tl.arange(0, C)[None, :] == v59_p[:, None], v59_d[:, None], 0.0)
     v59 = v59 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 8 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v56 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6512,7 +6722,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6532,7 +6742,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v38 = v21
         tl.store(scratch + 4 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v38)
     tl.debug_barrier()
-    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6542,7 +6752,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v42 = (v36 - v41)
         tl.store(scratch + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v59 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v59 = tl.load(scratch + 9 * C * HID + BV * HID + 8 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6564,7 +6774,7 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v68 = ((-1.0) * v67)
         tl.store(scratch + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
     tl.debug_barrier()
-    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6585,18 +6795,18 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v72 = tl.load(scratch + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v73 += (tl.dot(v72.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v72).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v63 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v63 + v73)
-    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v75 = tl.sum((v74), axis=1)
-    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + offs_t, v75)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 8 * C * D + 6 * C * BV + 2 * C * C + offs_t, v75)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v74_rows = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
-        v75_rows = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + offs_rb)
+        v74_rows = tl.load(scratch + 9 * C * HID + BV * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v75_rows = tl.load(scratch + 9 * C * HID + BV * HID + 8 * C * D + 6 * C * BV + 2 * C * C + offs_rb)
         v76_rows = (v75_rows / (D))
         v77_rows = ((-1.0) * v76_rows)
         v78_rows = (v74_rows + v77_rows[:, None])
@@ -6607,9 +6817,9 @@ def chunk_grad_ln_weight_1_bwd_kernel(
         v15_rows = tl.sum((v14_rows), axis=1)
         v16_rows = (v15_rows / (D))
         v82_rows = ((-0.5) * local_0_rows * local_2_rows * v81_rows[:, None] / (((tl.full((), 1e-05, DTYPE) + v16_rows[:, None]) * tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
-        tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v82_rows)  # park
+        tl.store(scratch + 9 * C * HID + BV * HID + 8 * C * D + 6 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v82_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v82 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v82 = tl.load(scratch + 9 * C * HID + BV * HID + 8 * C * D + 6 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v83 = tl.sum((v82), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v83.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -6647,31 +6857,31 @@ def chunk_grad_ln_weight_2_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + C)  # v10, v45, v51, v57, v36, v38, v42, v61, v68, v72, v39, local_4, v27, v31, v33, v34, v47, v52, v62, v56, v40, v35, v59, v74, v75, v79
+    scratch = scratch_ptr + slot * (9 * C * HID + BV * HID + 8 * C * D + 7 * C * BV + 2 * C * C + C)  # v10, v45, v51, v57, v36, v38, v42, v61, v68, v72, q, v39, local_6, local_4, v27, v31, v33, v34, v47, v52, v62, v56, v40, v35, v59, v74, v75, v79
     local_0 = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_2 = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v25 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v26 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v27 = tl.cumsum(v26, axis=0, reverse=False)
-    tl.store(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :], v27)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v27)  # park
     v29 = (v27 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v30 = tl.sum((v29), axis=0)
     v28 = v27
     v31 = (v25[:, None] * tl.exp((v30[None, :] - v28)))  # decay from token s to the chunk's end
-    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v31)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v31)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v33 = gate_eta
-    tl.store(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :], v33)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v33)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v31_rows = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
-        v33_rows = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v31_rows = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v33_rows = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v34_rows = (v31_rows * v33_rows)
-        tl.store(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :], v34_rows)  # park
+        tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :], v34_rows)  # park
         v47_rows = v34_rows
-        tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :], v47_rows)  # park
+        tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v47_rows)  # park
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -6694,90 +6904,99 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v45 = tl.load(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v51 = tl.load(scratch + 2 * C * HID + offs_o[:, None] * HID + offs_h[None, :])
         v52 += tl.dot(v45.to(DOT_DTYPE), tl.trans(v51).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_o[None, :], v52)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :], v52)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v47_rows = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + C * BV + offs_rb[:, None] * D + offs_o[None, :])
-        v52_rows = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v47_rows = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
+        v52_rows = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :])
         v53_rows = (v47_rows * v52_rows)
         local_7_rows = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v62_rows = (v53_rows + local_7_rows)
-        tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v62_rows)  # park
+        tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_rb[:, None] * D + offs_o[None, :], v62_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v62 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v62 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_o[None, :])  # parked
     v63 = v62
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v37 = k
-    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v34 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v56 = (v34 * v37)
-    tl.store(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :], v56)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :], v56)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     tl.debug_barrier()  # parked tiles other threads stored
-    v33 = tl.load(scratch + 9 * C * HID + BV * HID + 3 * C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v33 = tl.load(scratch + 9 * C * HID + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v39 = (v37 * v33)
-    v27 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
-    v28 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
-    tl.store(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v39)
+    tl.store(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
+    tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], v39)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v40 = tl.zeros((C, C), DTYPE)
     v40_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v40_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + v40_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v40_xA = q * v40_A
-    for v40_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v40_start = v40_k * BC
-        v40_B = tl.where(tl.arange(0, C)[:, None] < v40_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + v40_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v40_rows = tl.where(tl.arange(0, C) // BC == v40_k, 1.0, 0.0)
-        v40 += v40_rows[:, None] * tl.dot((v40_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v40_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v40_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v40_p = v40_r + v40_j
-        v40_y = tl.load(scratch + 9 * C * HID + BV * HID + v40_p[:, None] * D + tl.arange(0, D)[None, :])
-        v40_b = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + v40_p[:, None] * D + tl.arange(0, D)[None, :])
-        v40_d = tl.sum(q * v40_y * tl.exp(tl.minimum(v27 - v40_b, 0.0)), axis=1)
-        v40 += tl.where(tl.arange(0, C)[None, :] == v40_p[:, None], v40_d[:, None], 0.0)
+    v40 = tl.zeros((C, C), DTYPE)
+    for v40_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v40_c = v40_cb + tl.arange(0, BK)
+        v40_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v40_c[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + v40_r[:, None] * D + v40_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v40_xA = tl.load(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + v40_c[None, :]) * v40_A
+        for v40_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v40_start = v40_k * BC
+            v40_B = tl.where(tl.arange(0, C)[:, None] < v40_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + v40_start * D + v40_c)[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v40_c[None, :]), 0.0)), 0.0)
+            v40_rows = tl.where(tl.arange(0, C) // BC == v40_k, 1.0, 0.0)
+            v40 += v40_rows[:, None] * tl.dot((v40_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * D + v40_c[None, :]) * v40_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v40_xw = tl.load(scratch + 9 * C * HID + BV * HID + tl.arange(0, C)[:, None] * D + v40_c[None, :])
+        v40_aw = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v40_c[None, :])
+        for v40_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v40_p = v40_r + v40_j
+            v40_y = tl.load(scratch + 9 * C * HID + BV * HID + C * D + v40_p[:, None] * D + v40_c[None, :])
+            v40_b = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + v40_p[:, None] * D + v40_c[None, :])
+            v40_d = tl.sum(v40_xw * v40_y * tl.exp(tl.minimum(v40_aw - v40_b, 0.0)), axis=1)
+            v40 += tl.where(tl.arange(0, C)[None, :] == v40_p[:, None], v40_d[:, None], 0.0)
     v40 = v40 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :], v40)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v27_rows = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v27_rows = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v32_rows = tl.exp(v27_rows)  # cumulative decay in the chunk
         v35_rows = (q_rows * v32_rows)
-        tl.store(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v35_rows)  # park
+        tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v35_rows)  # park
         local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v27 = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v27 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v43 = v27
+    v28 = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v44 = v28
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
+    tl.store(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v59 = tl.zeros((C, C), DTYPE)
     v59_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v59_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + v59_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v59_xA = local_6 * v59_A
-    for v59_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v59_start = v59_k * BC
-        v59_B = tl.where(tl.arange(0, C)[:, None] < v59_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + v59_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v59_rows = tl.where(tl.arange(0, C) // BC == v59_k, 1.0, 0.0)
-        v59 += v59_rows[:, None] * tl.dot((v59_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v59_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v59_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v59_p = v59_r + v59_j
-        v59_y = tl.load(scratch + 9 * C * HID + BV * HID + C * D + v59_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v59_b = tl.load(scratch + 9 * C * HID + BV * HID + C * D + C * BV + v59_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v59_d = tl.sum(local_6 * v59_y * tl.exp(tl.minimum(v43 - v59_b, 0.0)), axis=1)
-        v59 += tl.where(tl.arange(0, C)[None, :] == v59_p[:, None], v59_d[:, None], 0.0)
+    v59 = tl.zeros((C, C), DTYPE)
+    for v59_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v59_c = v59_cb + tl.arange(0, BK)
+        v59_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v59_c[None, :]) - tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + v59_r[:, None] * BV + v59_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v59_xA = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v59_c[None, :]) * v59_A
+        for v59_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v59_start = v59_k * BC
+            v59_B = tl.where(tl.arange(0, C)[:, None] < v59_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + v59_start * BV + v59_c)[None, :] - tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v59_c[None, :]), 0.0)), 0.0)
+            v59_rows = tl.where(tl.arange(0, C) // BC == v59_k, 1.0, 0.0)
+            v59 += v59_rows[:, None] * tl.dot((v59_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + tl.arange(0, C)[:, None] * BV + v59_c[None, :]) * v59_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v59_xw = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + tl.arange(0, C)[:, None] * BV + v59_c[None, :])
+        v59_aw = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v59_c[None, :])
+        for v59_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v59_p = v59_r + v59_j
+            v59_y = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + C * BV + v59_p[:, None] * BV + v59_c[None, :])
+            v59_b = tl.load(scratch + 9 * C * HID + BV * HID + 2 * C * D + 2 * C * BV + v59_p[:, None] * BV + v59_c[None, :])
+            v59_d = tl.sum(v59_xw * v59_y * tl.exp(tl.minimum(v59_aw - v59_b, 0.0)), axis=1)
+            v59 += tl.where(tl.arange(0, C)[None, :] == v59_p[:, None], v59_d[:, None], 0.0)
     v59 = v59 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 8 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v59)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v56 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 4 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v56 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 5 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6786,7 +7005,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v57 = tl.dot(v56.to(DOT_DTYPE), tl.trans(v55).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v57)
     tl.debug_barrier()
-    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v35 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6806,7 +7025,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v38 = v21
         tl.store(scratch + 4 * C * HID + BV * HID + offs_s[:, None] * HID + offs_h[None, :], v38)
     tl.debug_barrier()
-    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6816,7 +7035,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v42 = (v36 - v41)
         tl.store(scratch + 5 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v59 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v59 = tl.load(scratch + 9 * C * HID + BV * HID + 8 * C * D + 5 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6838,7 +7057,7 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v68 = ((-1.0) * v67)
         tl.store(scratch + 7 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :], v68)
     tl.debug_barrier()
-    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v40 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -6859,18 +7078,18 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         w2 = tl.load(starts_w2_ptr + (first_chunk + c) * D * HID + offs_o[:, None] * HID + offs_h[None, :]).to(DTYPE)
         v72 = tl.load(scratch + 8 * C * HID + BV * HID + offs_t[:, None] * HID + offs_h[None, :])
         v73 += (tl.dot(v72.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE) if SWAP_PRODUCTS else tl.trans(tl.dot(w2.to(DOT_DTYPE), tl.trans(v72).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)))
-    v63 = tl.load(scratch + 9 * C * HID + BV * HID + 5 * C * D + 3 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 9 * C * HID + BV * HID + 6 * C * D + 4 * C * BV + offs_t[:, None] * D + offs_o[None, :])  # parked
     v74 = (v63 + v73)
-    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v75 = tl.sum((v74), axis=1)
-    tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + offs_t, v75)  # park
+    tl.store(scratch + 9 * C * HID + BV * HID + 8 * C * D + 6 * C * BV + 2 * C * C + offs_t, v75)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         local_0_rows = tl.load(local_0_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         local_2_rows = tl.load(local_2_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
-        v74_rows = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
-        v75_rows = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + offs_rb)
+        v74_rows = tl.load(scratch + 9 * C * HID + BV * HID + 8 * C * D + 5 * C * BV + 2 * C * C + offs_rb[:, None] * D + offs_o[None, :])
+        v75_rows = tl.load(scratch + 9 * C * HID + BV * HID + 8 * C * D + 6 * C * BV + 2 * C * C + offs_rb)
         v76_rows = (v75_rows / (D))
         v77_rows = ((-1.0) * v76_rows)
         v78_rows = (v74_rows + v77_rows[:, None])
@@ -6878,9 +7097,9 @@ def chunk_grad_ln_weight_2_bwd_kernel(
         v15_rows = tl.sum((v14_rows), axis=1)
         v16_rows = (v15_rows / (D))
         v79_rows = (local_2_rows * v78_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
-        tl.store(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v79_rows)  # park
+        tl.store(scratch + 9 * C * HID + BV * HID + 8 * C * D + 6 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v79_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v79 = tl.load(scratch + 9 * C * HID + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v79 = tl.load(scratch + 9 * C * HID + BV * HID + 8 * C * D + 6 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v80 = tl.sum((v79), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v80.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -6918,100 +7137,108 @@ def chunk_grad_ln_weight_3_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * D + 2 * C * C + 2 * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, local_4, v38, v34, v40, v28, v41, v36, v60, v26, v57, v48, v74, v53, v63, v75, v76, v87
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 7 * C * D + 8 * C * BV + 2 * C * C + 2 * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, q, local_6, local_4, v38, v34, v40, v28, v41, v36, v60, v26, v57, v48, v74, v53, v63, v75, v76, v87
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v34 = gate_eta
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :], v34)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
     v40 = (v38 * v34)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v40)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v28)  # park
     v29 = v28
-    tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v41 = tl.zeros((C, C), DTYPE)
     v41_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v41_xA = q * v41_A
-    for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v41_start = v41_k * BC
-        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
-        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v41_p = v41_r + v41_j
-        v41_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
-        v41_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
-        v41_d = tl.sum(q * v41_y * tl.exp(tl.minimum(v28 - v41_b, 0.0)), axis=1)
-        v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
+    v41 = tl.zeros((C, C), DTYPE)
+    for v41_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v41_c = v41_cb + tl.arange(0, BK)
+        v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v41_r[:, None] * D + v41_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v41_xA = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + v41_c[None, :]) * v41_A
+        for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v41_start = v41_k * BC
+            v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v41_start * D + v41_c)[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :]), 0.0)), 0.0)
+            v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
+            v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v41_xw = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + v41_c[None, :])
+        v41_aw = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :])
+        for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v41_p = v41_r + v41_j
+            v41_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + 2 * C * BV + v41_p[:, None] * D + v41_c[None, :])
+            v41_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v41_p[:, None] * D + v41_c[None, :])
+            v41_d = tl.sum(v41_xw * v41_y * tl.exp(tl.minimum(v41_aw - v41_b, 0.0)), axis=1)
+            v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v28_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v28_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v33_rows = tl.exp(v28_rows)  # cumulative decay in the chunk
         v36_rows = (q_rows * v33_rows)
-        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_rb[:, None] * D + offs_i[None, :], v36_rows)  # park
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v36_rows)  # park
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = v28
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = v29
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v60 = tl.zeros((C, C), DTYPE)
     v60_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v60_xA = local_6 * v60_A
-    for v60_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v60_start = v60_k * BC
-        v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v60_rows = tl.where(tl.arange(0, C) // BC == v60_k, 1.0, 0.0)
-        v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v60_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v60_p = v60_r + v60_j
-        v60_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v60_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v60_d = tl.sum(local_6 * v60_y * tl.exp(tl.minimum(v44 - v60_b, 0.0)), axis=1)
-        v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
+    v60 = tl.zeros((C, C), DTYPE)
+    for v60_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v60_c = v60_cb + tl.arange(0, BK)
+        v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v60_r[:, None] * BV + v60_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v60_xA = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + v60_c[None, :]) * v60_A
+        for v60_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v60_start = v60_k * BC
+            v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v60_start * BV + v60_c)[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :]), 0.0)), 0.0)
+            v60_rows = tl.where(tl.arange(0, C) // BC == v60_k, 1.0, 0.0)
+            v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v60_xw = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + v60_c[None, :])
+        v60_aw = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :])
+        for v60_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v60_p = v60_r + v60_j
+            v60_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + C * BV + v60_p[:, None] * BV + v60_c[None, :])
+            v60_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v60_p[:, None] * BV + v60_c[None, :])
+            v60_d = tl.sum(v60_xw * v60_y * tl.exp(tl.minimum(v60_aw - v60_b, 0.0)), axis=1)
+            v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
     v60 = v60 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s, v26)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_s, v26)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v26_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_rb)
-        v29_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v34_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v38_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v26_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_rb)
+        v29_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v34_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v38_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v32_rows = (v26_rows[:, None] * tl.exp((v31[None, :] - v29_rows)))  # decay from token s to the chunk's end
         v35_rows = (v32_rows * v34_rows)
         v57_rows = (v35_rows * v38_rows)
-        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v57_rows)  # park
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v57_rows)  # park
         v48_rows = v35_rows
-        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v48_rows)  # park
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v48_rows)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7033,7 +7260,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v39 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7041,7 +7268,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7056,7 +7283,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v46 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7078,7 +7305,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v69 = ((-1.0) * v68)
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7089,7 +7316,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v56 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v56)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7114,7 +7341,7 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v52 = ((-1.0) * d_new_w2)
         tl.store(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v52)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 3 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v53 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7122,30 +7349,30 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v46 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v52 = tl.load(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v48_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v53_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v48_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v53_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
         v54_rows = (v48_rows * v53_rows)
         local_7_rows = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v63_rows = (v54_rows + local_7_rows)
-        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v63_rows)  # park
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v63_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v64 = v63
-    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 3 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = tl.sum((v75), axis=1)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + C + offs_t, v76)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + C + offs_t, v76)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v75_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v76_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb)
+        v75_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v76_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + C + offs_rb)
         v77_rows = (v76_rows / (D))
         v78_rows = ((-1.0) * v77_rows)
         v79_rows = (v75_rows + v78_rows[:, None])
@@ -7164,9 +7391,9 @@ def chunk_grad_ln_weight_3_bwd_kernel(
         v18_rows = gate_delta_rows
         v86_rows = (v85_rows * tl.where((v18_rows >= tl.abs(local_1_rows)), 1.0, (1.0 * v18_rows * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0)))))))
         v87_rows = (local_0_rows * v86_rows / ((tl.sqrt((tl.full((), 1e-05, DTYPE) + v16_rows[:, None])))))
-        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v87_rows)  # park
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v87_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v87 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v87 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v88 = tl.sum((v87), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v88.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
 
@@ -7241,100 +7468,108 @@ def chunk_grad_ln_bias_1_bwd_kernel(
     tok = c * C
     nv = tl.where(chunk * C < seq_len, tl.minimum(C, seq_len - tok), 0)  # tokens in this chunk
     slot = pid * tl.num_programs(1) + tl.program_id(1)  # this program's scratch memory within the wave
-    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 7 * C * BV + 6 * C * D + 2 * C * C + 2 * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, local_4, v38, v34, v40, v28, v41, v36, v60, v26, v57, v48, v74, v53, v63, v75, v76, v86
+    scratch = scratch_ptr + slot * (9 * C * HID + HID * D + BV * HID + 7 * C * D + 8 * C * BV + 2 * C * C + 2 * C)  # v10, v39, v42, v43, v46, v62, v69, v70, v56, v73, v52, q, local_6, local_4, v38, v34, v40, v28, v41, v36, v60, v26, v57, v48, v74, v53, v63, v75, v76, v86
     k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     v38 = k
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v38)  # park
     gate_eta = tl.load(gate_eta_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v34 = gate_eta
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_s[:, None] * D + offs_i[None, :], v34)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v34)  # park
     v40 = (v38 * v34)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :], v40)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :], v40)  # park
     q = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     gate_alpha = tl.load(gate_alpha_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=1.0)
     v27 = tl.log(tl.maximum(tl.full((), 1e-30, DTYPE), gate_alpha))
     v28 = tl.cumsum(v27, axis=0, reverse=False)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :], v28)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :], v28)  # park
     v29 = v28
-    tl.debug_barrier()  # parked tiles other threads stored
-    v40 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :], q)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v41 = tl.zeros((C, C), DTYPE)
     v41_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_r[:, None] * D + tl.arange(0, D)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v41_xA = q * v41_A
-    for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v41_start = v41_k * BC
-        v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_start * D + tl.arange(0, D))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]), 0.0)), 0.0)
-        v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
-        v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + tl.arange(0, C)[:, None] * D + tl.arange(0, D)[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v41_p = v41_r + v41_j
-        v41_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 2 * C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
-        v41_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v41_p[:, None] * D + tl.arange(0, D)[None, :])
-        v41_d = tl.sum(q * v41_y * tl.exp(tl.minimum(v28 - v41_b, 0.0)), axis=1)
-        v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
+    v41 = tl.zeros((C, C), DTYPE)
+    for v41_cb in range(0, D, BK):  # the channels, a block of BK columns at a time
+        v41_c = v41_cb + tl.arange(0, BK)
+        v41_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v41_r[:, None] * D + v41_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v41_xA = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + v41_c[None, :]) * v41_A
+        for v41_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v41_start = v41_k * BC
+            v41_B = tl.where(tl.arange(0, C)[:, None] < v41_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v41_start * D + v41_c)[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :]), 0.0)), 0.0)
+            v41_rows = tl.where(tl.arange(0, C) // BC == v41_k, 1.0, 0.0)
+            v41 += v41_rows[:, None] * tl.dot((v41_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :]) * v41_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v41_xw = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * D + v41_c[None, :])
+        v41_aw = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * D + v41_c[None, :])
+        for v41_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v41_p = v41_r + v41_j
+            v41_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * D + 2 * C * BV + v41_p[:, None] * D + v41_c[None, :])
+            v41_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v41_p[:, None] * D + v41_c[None, :])
+            v41_d = tl.sum(v41_xw * v41_y * tl.exp(tl.minimum(v41_aw - v41_b, 0.0)), axis=1)
+            v41 += tl.where(tl.arange(0, C)[None, :] == v41_p[:, None], v41_d[:, None], 0.0)
     v41 = v41 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)  # decayed scores
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :], v41)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :], v41)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
         q_rows = tl.load(q_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=0.0)
-        v28_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
+        v28_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         local_3_rows = tl.load(local_3_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v33_rows = tl.exp(v28_rows)  # cumulative decay in the chunk
         v36_rows = (q_rows * v33_rows)
-        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_rb[:, None] * D + offs_i[None, :], v36_rows)  # park
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + C * C + offs_rb[:, None] * D + offs_i[None, :], v36_rows)  # park
         local_6_rows = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v44 = v28
-    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v29 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_s[:, None] * D + offs_i[None, :])  # parked
     v45 = v29
     local_4 = tl.load(local_4_ptr + (first_chunk + c) * C * D + private_index(offs_s, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
     local_6 = tl.load(local_6_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)  # again, parked
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_6)
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :], local_4)
     tl.debug_barrier()  # the slices below come from tiles other threads stored
-    v60 = tl.zeros((C, C), DTYPE)
     v60_r = (tl.arange(0, C) // BC) * BC  # where each token's sub-chunk starts
-    v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_r[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
-    v60_xA = local_6 * v60_A
-    for v60_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
-        v60_start = v60_k * BC
-        v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_start * BV + tl.arange(0, BV))[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]), 0.0)), 0.0)
-        v60_rows = tl.where(tl.arange(0, C) // BC == v60_k, 1.0, 0.0)
-        v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + tl.arange(0, C)[:, None] * BV + tl.arange(0, BV)[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    for v60_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
-        v60_p = v60_r + v60_j
-        v60_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v60_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + v60_p[:, None] * BV + tl.arange(0, BV)[None, :])
-        v60_d = tl.sum(local_6 * v60_y * tl.exp(tl.minimum(v44 - v60_b, 0.0)), axis=1)
-        v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
+    v60 = tl.zeros((C, C), DTYPE)
+    for v60_cb in range(0, BV, BK):  # the channels, a block of BK columns at a time
+        v60_c = v60_cb + tl.arange(0, BK)
+        v60_A = tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :]) - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v60_r[:, None] * BV + v60_c[None, :]), 0.0))  # e^(a[t] - a at t's sub-chunk start)
+        v60_xA = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + v60_c[None, :]) * v60_A
+        for v60_k in range(1, C // BC):  # the rows of sub-chunk k against every earlier token
+            v60_start = v60_k * BC
+            v60_B = tl.where(tl.arange(0, C)[:, None] < v60_start, tl.exp(tl.minimum(tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v60_start * BV + v60_c)[None, :] - tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :]), 0.0)), 0.0)
+            v60_rows = tl.where(tl.arange(0, C) // BC == v60_k, 1.0, 0.0)
+            v60 += v60_rows[:, None] * tl.dot((v60_xA).to(DOT_DTYPE), tl.trans((tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :]) * v60_B)).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
+        v60_xw = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + tl.arange(0, C)[:, None] * BV + v60_c[None, :])
+        v60_aw = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + tl.arange(0, C)[:, None] * BV + v60_c[None, :])
+        for v60_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk
+            v60_p = v60_r + v60_j
+            v60_y = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + C * BV + v60_p[:, None] * BV + v60_c[None, :])
+            v60_b = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + v60_p[:, None] * BV + v60_c[None, :])
+            v60_d = tl.sum(v60_xw * v60_y * tl.exp(tl.minimum(v60_aw - v60_b, 0.0)), axis=1)
+            v60 += tl.where(tl.arange(0, C)[None, :] == v60_p[:, None], v60_d[:, None], 0.0)
     v60 = v60 * tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0)
     tl.debug_barrier()  # every slice read before the slots are written again
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :], v60)  # park
     local_8 = tl.load(local_8_ptr + (first_chunk + c) * C * D + private_index(offs_t, C, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
     v26 = tl.sum((((tl.where(offs_t[:, None] >= offs_s[None, :], 1.0, 0.0) * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None]))), axis=0)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_s, v26)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_s, v26)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v28 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_t[:, None] * D + offs_i[None, :])  # parked
     v30 = (v28 * tl.where(offs_t == nv - 1, 1.0, 0.0)[:, None])
     v31 = tl.sum((v30), axis=0)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v26_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + offs_rb)
-        v29_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 3 * C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v34_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + C * D + offs_rb[:, None] * D + offs_i[None, :])
-        v38_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v26_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + offs_rb)
+        v29_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v34_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
+        v38_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * D + 2 * C * BV + offs_rb[:, None] * D + offs_i[None, :])
         v32_rows = (v26_rows[:, None] * tl.exp((v31[None, :] - v29_rows)))  # decay from token s to the chunk's end
         v35_rows = (v32_rows * v34_rows)
         v57_rows = (v35_rows * v38_rows)
-        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v57_rows)  # park
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_i[None, :], v57_rows)  # park
         v48_rows = v35_rows
-        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v48_rows)  # park
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v48_rows)  # park
     if REREAD_INPUTS:  # loaded again, not held since its last reader
         k = tl.load(k_ptr + (row * T + bos) * D + (tok + private_index(offs_t, C, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_t < nv)[:, None], other=0.0)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
@@ -7356,7 +7591,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v39 = v22
         tl.store(scratch + C * HID + offs_s[:, None] * HID + offs_h[None, :], v39)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7364,7 +7599,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v42 = tl.dot(v41.to(DOT_DTYPE), v39.to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
         tl.store(scratch + 2 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v42)
     tl.debug_barrier()
-    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
+    v36 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + C * C + offs_t[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7379,7 +7614,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v46 = v11
         tl.store(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :], v46)
     tl.debug_barrier()
-    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v60 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + C * C + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7401,7 +7636,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v69 = ((-1.0) * v68)
         tl.store(scratch + 6 * C * HID + offs_t[:, None] * HID + offs_h[None, :], v69)
     tl.debug_barrier()
-    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 4 * C * D + offs_t[:, None] * C + offs_s[None, :])  # parked
+    v41 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * D + 2 * C * BV + offs_t[:, None] * C + offs_s[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7412,7 +7647,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v56 = ((-1.0) * d_new_w1)
         tl.store(scratch + 8 * C * HID + offs_h[:, None] * D + offs_i[None, :], v56)
     tl.debug_barrier()
-    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 5 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
+    v57 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * D + 2 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_i[None, :])  # parked
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
         offs_g = offs_h
@@ -7437,7 +7672,7 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v52 = ((-1.0) * d_new_w2)
         tl.store(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :], v52)
     tl.debug_barrier()
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 3 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v74)  # park
     v53 = tl.zeros((C, BV), DTYPE)
     for hb in range(0, HID, BH):  # the hidden axis, a block at a time
         offs_h = hb + tl.arange(0, BH)
@@ -7445,30 +7680,30 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         v46 = tl.load(scratch + 4 * C * HID + offs_s[:, None] * HID + offs_h[None, :])
         v52 = tl.load(scratch + 9 * C * HID + HID * D + offs_o[:, None] * HID + offs_h[None, :])
         v53 += tl.dot(v46.to(DOT_DTYPE), tl.trans(v52).to(DOT_DTYPE), input_precision=DOT_PRECISION, out_dtype=DTYPE)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v53)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :], v53)  # park
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v48_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v53_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 3 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v48_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 2 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v53_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 4 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
         v54_rows = (v48_rows * v53_rows)
         local_7_rows = tl.load(local_7_ptr + (first_chunk + c) * C * D + private_index(offs_rb, BR, tok, ON_GPU)[:, None] * D + private_index(offs_o, BV, tok, ON_GPU)[None, :]).to(DTYPE)
         v63_rows = (v54_rows + local_7_rows)
-        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v63_rows)  # park
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :], v63_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v63 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 4 * C * BV + 6 * C * D + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
+    v63 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 5 * C * BV + 2 * C * C + C + offs_s[:, None] * D + offs_o[None, :])  # parked
     v64 = v63
-    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 2 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v74 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 3 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v75 = (v64 + v74)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * D + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + C + offs_t[:, None] * D + offs_o[None, :], v75)  # park
     v76 = tl.sum((v75), axis=1)
-    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + C + offs_t, v76)  # park
+    tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + C + offs_t, v76)  # park
     ln_weight = tl.load(ln_weight_ptr + row * D + offs_o).to(DTYPE)
     tl.debug_barrier()  # parked tiles other threads stored
     for rb in range(0, C, BR):  # the tokens by blocks of BR rows: values made token by token
         offs_rb = rb + tl.arange(0, BR)
-        v75_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 5 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
-        v76_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + C + offs_rb)
+        v75_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 6 * C * BV + 2 * C * C + C + offs_rb[:, None] * D + offs_o[None, :])
+        v76_rows = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + C + offs_rb)
         v77_rows = (v76_rows / (D))
         v78_rows = ((-1.0) * v77_rows)
         v79_rows = (v75_rows + v78_rows[:, None])
@@ -7486,8 +7721,8 @@ def chunk_grad_ln_bias_1_bwd_kernel(
         gate_delta_rows = tl.load(gate_delta_ptr + (row * T + bos) * D + (tok + private_index(offs_rb, BR, tok, ON_GPU))[:, None] * D + private_index(offs_i, D, tok, ON_GPU)[None, :], mask=(offs_rb < nv)[:, None], other=1.0)
         v18_rows = gate_delta_rows
         v86_rows = (v85_rows * tl.where((v18_rows >= tl.abs(local_1_rows)), 1.0, (1.0 * v18_rows * (10.0 - (10.0 * ((2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0) * (2.0 * tl.sigmoid(2.0 * (10.0 * local_1_rows)) - 1.0)))))))
-        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v86_rows)  # park
+        tl.store(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_rb[:, None] * D + offs_o[None, :], v86_rows)  # park
     tl.debug_barrier()  # parked tiles other threads stored
-    v86 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 6 * C * BV + 6 * C * D + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
+    v86 = tl.load(scratch + 9 * C * HID + HID * D + BV * HID + 7 * C * D + 7 * C * BV + 2 * C * C + 2 * C + offs_t[:, None] * D + offs_o[None, :])  # parked
     v87 = tl.sum((v86), axis=0)
     tl.store(grad_block_ptr + (first_chunk + c) * D + offs_o, v87.to(grad_block_ptr.dtype.element_ty), mask=nv > 0)
