@@ -53,6 +53,7 @@ class KernelReport:
     block_hidden: int | None = None  # BH
     sub_chunk: int | None = None  # BC, the sub-chunk of channel-decay products or token blocks (0: neither)
     row_block: int | None = None  # BR, the rows of a block of values made token by token (0: none)
+    head_block: int | None = None  # BK, the columns of a block of channel-decay products (0: not by blocks)
     swap_products: bool = False  # its transposed products made with their operands swapped (SWAP_PRODUCTS)
     index_per_chunk: bool = False  # a state pass's index vectors made again for each chunk (INDEX_PER_CHUNK)
     reread_inputs: bool = False  # input tiles loaded again after the loops that do not read them (REREAD_INPUTS)
@@ -247,7 +248,7 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
     GPU launch takes: its default, or with `spill_guard` (and no block or warps given) the first candidate that
     compiles without spills where the default spills (mirasc.backends.tuning.SpillGuard, the same choice by the
     same rule); the row gives the default's stack too."""
-    from .backends.triton import check_sizes, hidden_block, num_warps, value_block
+    from .backends.triton import check_sizes, head_block, hidden_block, num_warps, value_block
     from .backends.triton import row_block as default_row_block
     from .backends.triton import sub_chunk as default_sub_chunk
     from .backends.tuning import Config, candidates
@@ -289,7 +290,8 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
                              block_hidden or hidden_block(hidden, head_dim),
                              (sub_chunk or default_sub_chunk(chunk_size, on_gpu=True)) if job["sub_chunks"] else 0,
                              row_block=(row_block or default_row_block(chunk_size, on_gpu=True))
-                             if job["row_blocks"] else 0)
+                             if job["row_blocks"] else 0,
+                             head_block=head_block(head_dim, arch) if job["channel_blocks"] else 0)
             configs = candidates(default, job["value_blocks"], head_dim, hidden, True, chunk_size,
                                  job["swappable"], job["grid"] == "sequences", job["rereads"],
                                  job["holds_params"]) if guard else [default]
@@ -339,10 +341,12 @@ class _Target:
                            ok=False, dots=_products(_kernel_source(Path(self.path), kernel)),
                            num_warps=config.num_warps, num_stages=stages, block_value=config.block_value,
                            block_hidden=config.block_hidden, sub_chunk=config.sub_chunk, row_block=config.row_block,
+                           head_block=config.head_block,
                            swap_products=config.swap_products, index_per_chunk=config.index_per_chunk,
                            reread_inputs=config.reread_inputs, params_once=config.params_once)
-        consts = {"C": self.chunk_size, "D": self.head_dim, "HID": self.hidden, **config.constexprs(self.chunk_size),
-                  "BK": head_block(self.head_dim, self.arch), "IS_VARLEN": False,
+        consts = {"C": self.chunk_size, "D": self.head_dim, "HID": self.hidden,
+                  "BK": head_block(self.head_dim, self.arch),  # a config's own BK (channel blocks) replaces it
+                  **config.constexprs(self.chunk_size), "IS_VARLEN": False,
                   "DTYPE": "fp32", "DOT_DTYPE": self.dtype,
                   "DOT_PRECISION": "tf32" if self.dtype == "fp32" else "ieee", "ON_GPU": True}
         return compile_in_child(row, _compile_one, (self.path, kernel, consts, self.dtype, self.arch,

@@ -165,7 +165,7 @@ def generate_triton(spec: S.Spec, options: dict | None = None, command: str | No
         jobs[job] = {"grid": "chunks" if k.mode == "chunk" else "sequences",
                      "scratch": [list(axes) for axes in k.scratch], "value_blocks": k.value_blocks,
                      "tiles": round(k.tiles, 2), "sub_chunks": k.sub_chunked,
-                     "row_blocks": k.row_blocked,
+                     "row_blocks": k.row_blocked, "channel_blocks": k.channel_blocked,
                      "swappable": k.swappable, "rereads": k.rereads,
                      "holds_params": k.holds_params}
         found.append(k)

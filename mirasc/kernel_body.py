@@ -136,6 +136,7 @@ class Body:
     tiles: float = 0.0
     sub_chunked: bool = False
     stored: frozenset[str] = frozenset()  # the outputs of `block_stores` the lines store themselves
+    channel_blocked: bool = False  # its channel-decay products go by blocks of BK channel columns
 
 
 def _segments(order: list[Value]) -> list[Value | _Loop]:
@@ -458,7 +459,7 @@ def body(graph: Graph, loads: dict[str, str] | None = None,
         parking.made(seg.values, lines)
     sub_chunked = any(isinstance(v.op, ir.DecayedProduct) for v in order)
     return Body(lines, [v.axes for v in kept], peak_units(graph, order), sub_chunked,
-                frozenset(blocked.stores.values()))
+                frozenset(blocked.stores.values()), channel_blocks and sub_chunked)
 
 
 # ------------------------------------------------------------------------------------------------ row blocks

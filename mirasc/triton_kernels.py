@@ -97,6 +97,7 @@ class Kernel:
     value_blocks: str = "none"
     tiles: float = 0.0  # the most register tiles live at once (Body.tiles): the launcher's warps follow it
     sub_chunked: bool = False  # it takes the sub-chunk BC (Body.sub_chunked), which the launcher chooses
+    channel_blocked: bool = False  # its channel-decay products go by blocks of BK (Body.channel_blocked)
     # values it writes for every chunk, [n_chunks, axes...], for a later kernel to read (name, axes)
     makes: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
 
@@ -283,6 +284,7 @@ def _per_chunk(a: _Assembler, job: str, doc: str, made: Graph, loads: dict, args
     return Kernel(f"chunk_{job}_kernel", doc, "chunk", args + [f"{n}_ptr" for n in made.outputs] +
                   (["scratch_ptr"] if b.scratch else []), a.static_loads, lines, [], b.scratch,
                   value_blocks="columns" if by_columns else "none", tiles=b.tiles, sub_chunked=b.sub_chunked,
+                  channel_blocked=b.channel_blocked,
                   makes=[(n, v.axes) for n, v in made.outputs.items()] if listed else [])
 
 
@@ -361,7 +363,7 @@ def _outputs(a: _Assembler) -> Kernel:
                   b.lines + [store("out_ptr", part.outputs["out"].axes, "", name(part.outputs["out"]), token=True,
                                    private=a.hidden)],
                   [], b.scratch, value_blocks="columns" if not a.hidden and value_local(part) else "none",
-                  tiles=b.tiles, sub_chunked=b.sub_chunked)
+                  tiles=b.tiles, sub_chunked=b.sub_chunked, channel_blocked=b.channel_blocked)
 
 
 def carry_free(part: Graph, carries: set[str]) -> list[Value]:
@@ -520,7 +522,7 @@ def _gradients(a: _Assembler) -> list[Kernel]:
                               f"`{n}`", "chunk", args + (["scratch_ptr"] if b.scratch else []),
                               prologue, b.lines + [grad] * ("term" not in b.stored), [], b.scratch,
                               value_blocks=blocks, tiles=b.tiles,
-                              sub_chunked=b.sub_chunked))
+                              sub_chunked=b.sub_chunked, channel_blocked=b.channel_blocked))
     return out
 
 

@@ -5,6 +5,7 @@ must not depend on it)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,15 @@ def test_candidates_start_with_the_default_and_keep_blocks_legal():
         Config(8, 32, 32, row_block=16, params_once=True), Config(8, 32, 32, row_block=32)]
     assert candidates(rows, "none", 64, 64, on_gpu=True, chunk_size=32)[-1] == Config(8, 32, 32, row_block=32)
     assert candidates(rows, "none", 64, 64, on_gpu=False, chunk_size=64) == [rows]
+    # a kernel making its channel-decay products by blocks of channel columns: the whole head as one block, before
+    # twice the rows; none where the block is the whole head already, or under the interpreter
+    channels = Config(8, 64, 32, sub_chunk=16, row_block=16, head_block=64)
+    assert candidates(channels, "none", 128, 128, on_gpu=True, chunk_size=64)[-2:] == [
+        Config(8, 64, 32, 16, row_block=16, head_block=128), Config(8, 64, 32, 16, row_block=32, head_block=64)]
+    whole = Config(8, 64, 32, head_block=128)
+    assert candidates(whole, "none", 128, 128, on_gpu=True, chunk_size=64) == [whole, replace(whole, num_warps=4)]
+    assert candidates(channels, "none", 128, 128, on_gpu=False, chunk_size=64)[-1].head_block == 64
+    assert channels.constexprs(64)["BK"] == 64 and "BK" not in rows.constexprs(64)  # else the launcher's BK
 
 
 def test_autotuning_is_asked_for_and_needs_a_gpu_or_a_tuner_for_the_interpreter(monkeypatch):

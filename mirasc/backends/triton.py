@@ -251,12 +251,13 @@ class _Launch:
 
     def config(self, info: dict) -> Config:
         """A kernel's default launch config: its warps from its register tiles, BV and BH from the head dim, BC from
-        the chunk (for a kernel with channel-decay products) and BR (for a kernel with row blocks)."""
+        the chunk (for a kernel with channel-decay products), BR (for a kernel with row blocks) and BK (for one
+        making those products by blocks of channel columns)."""
         bv = self.BV if info["value_blocks"] != "none" else self.D
         bc = sub_chunk(self.C, self.on_gpu) if info["sub_chunks"] else 0
         br = row_block(self.C, self.on_gpu) if info["row_blocks"] else 0
         return Config(num_warps(self.C, self.D, self.HID, info["tiles"], info["value_blocks"] != "none"), bv,
-                      self.BH, bc, row_block=br)
+                      self.BH, bc, row_block=br, head_block=self.BK if info["channel_blocks"] else 0)
 
     def run(self, kernels: dict, job: str, *args) -> None:
         """Launch one job's kernel with the config `choose` gives it."""

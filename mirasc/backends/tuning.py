@@ -41,7 +41,8 @@ class Config:
     PARAMS_ONCE: an MLP memory's state pass loading its per-row parameters once, before its chunk loop, rather than
     in each chunk where read (mirasc.triton_kernels, _Assembler.params_once). row_block: BR, the rows of a block of
     an MLP memory's stretch of values made token by token (mirasc.kernel_body, row blocks; 0 for a kernel without
-    one)."""
+    one). head_block: BK, the channel columns of a block of an MLP memory's channel-decay products
+    (emit_triton.decayed_product, by channel blocks; 0 for a kernel without them: the launcher's BK)."""
 
     num_warps: int
     block_value: int
@@ -52,6 +53,7 @@ class Config:
     reread_inputs: bool = False
     params_once: bool = False
     row_block: int = 0
+    head_block: int = 0
 
     def constexprs(self, chunk_size: int) -> dict:
         """The kernel's compile-time arguments this config sets (its warps are a launch option, not one of them);
@@ -59,7 +61,8 @@ class Config:
         return {"BV": self.block_value, "BH": self.block_hidden, "BC": self.sub_chunk or chunk_size,
                 "BR": self.row_block or chunk_size,
                 "SWAP_PRODUCTS": self.swap_products, "INDEX_PER_CHUNK": self.index_per_chunk,
-                "REREAD_INPUTS": self.reread_inputs, "PARAMS_ONCE": self.params_once}
+                "REREAD_INPUTS": self.reread_inputs, "PARAMS_ONCE": self.params_once,
+                **({"BK": self.head_block} if self.head_block else {})}
 
 
 def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, on_gpu: bool,
@@ -95,7 +98,10 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
     without that candidate, 24 before the row blocks), and last, twice the default's rows where that is still part of
     the chunk: ptxas's spills do not fall with the rows either way (that pass: 200 B by blocks of 16, 40 by 32, 96 as
     one block; titans' local backward pass 80 by 16, 8 with its inputs loaded again, 0 by 32; Moneta's 160 by 16, 56
-    as one block with one sub-chunk, 0 by 32; sm_90a, D = 64).
+    as one block with one sub-chunk, 0 by 32; sm_90a, D = 64), and, for a kernel making its channel-decay products
+    by blocks of channel columns, the default with the whole head as one block, placed before that: by blocks most
+    such kernels spill less, but not all (Memora's term 5 of the LayerNorm weight's gradient at sm_90a, D = 128,
+    default config: 832 B a thread before the blocks, 1,048 by blocks of 64, 848 as one block).
     Blocks stay at least 16 on a GPU (tl.dot's smallest side). A kernel whose blocks each write a share of a sum
     (value_blocks "partial") varies its BV too: the launcher sizes those shares' buffer from the config it
     launches."""
@@ -127,6 +133,8 @@ def candidates(default: Config, value_blocks: str, head_dim: int, hidden: int, o
             out.append(replace(default, index_per_chunk=True, reread_inputs=True))
     if on_gpu and holds_params:
         out.append(replace(default, params_once=True))
+    if on_gpu and 0 < default.head_block < head_dim:
+        out.append(replace(default, head_block=head_dim))
     if on_gpu and 0 < 2 * default.row_block < chunk_size:
         out.append(replace(default, row_block=2 * default.row_block))
     return out
