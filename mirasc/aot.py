@@ -382,8 +382,8 @@ def meets_targets(r: KernelReport, max_compile_s: float = 30.0, max_shared: int 
 
 def format_rows(reports: list[KernelReport]) -> str:
     head = ("| spec | kernel | D | hidden | ok | compile s | regs | stack B | shared B | mma | replicated | dots "
-            "| warps | stages | BV / BH / BC (/ rows BR, swapped products, index per chunk, inputs reread, "
-            "parameters once) "
+            "| warps | stages | BV / BH / BC (/ rows BR, channels BK, swapped products, index per chunk, "
+            "inputs reread, parameters once) "
             "| default's stack B "
             "| targets |")
     out = [head, "|" + "---|" * 17]
@@ -396,7 +396,8 @@ def format_rows(reports: list[KernelReport]) -> str:
                    f"{cell(r.compile_s)} | {cell(r.regs)} | {cell(r.stack)} | {cell(r.shared)} | {cell(r.mma)} | "
                    f"{cell(r.replicated)} | {r.dots} | {r.num_warps} | {r.num_stages} | "
                    f"{r.block_value} / {r.block_hidden} / {r.sub_chunk}"
-                   f"{f' / rows {r.row_block}' if r.row_block else ''}{' / swapped' if r.swap_products else ''}"
+                   f"{f' / rows {r.row_block}' if r.row_block else ''}"
+                   f"{f' / channels {r.head_block}' if r.head_block else ''}{' / swapped' if r.swap_products else ''}"
                    f"{' / index per chunk' if r.index_per_chunk else ''}"
                    f"{' / inputs reread' if r.reread_inputs else ''}"
                    f"{' / parameters once' if r.params_once else ''} | "
