@@ -321,24 +321,21 @@ def decayed_product(v: Value, bases: dict[int, str], by_channel_blocks: bool = F
                f"    {acc} += tl.where({pos}[None, :] == {nm}_p[:, None], {nm}_d[:, None], 0.0)"]
     else:
         add = [f"    {acc} += {term}"]
-    shape = "(" + ", ".join("BK" if ax in cols else SHAPE[ax] for ax in v.axes) + ")"
-    pairs = [*([f"{acc} = tl.zeros({shape}, DTYPE)"] if acc != nm or not by_channel_blocks else []),
-             *_across_sub_chunks(v, bases, rows(bases[a.id], f"{nm}_r"), acc, cols), *held,
+    zeros = f"{acc} = tl.zeros(({', '.join('BK' if ax in cols else SHAPE[ax] for ax in v.axes)}), DTYPE)"
+    starts = f"{nm}_r = ({pos} // BC) * BC  # where each token's sub-chunk starts"
+    pairs = [*_across_sub_chunks(v, bases, rows(bases[a.id], f"{nm}_r"), acc, cols), *held,
              f"for {nm}_j in range(0, BC):  # pairs in one sub-chunk: each row and the j-th token of its sub-chunk",
              f"    {nm}_p = {nm}_r + {nm}_j", *loads, *add]
-    first = [f"{nm}_r = ({pos} // BC) * BC  # where each token's sub-chunk starts"]
+    loop = [f"for {nm}_cb in range(0, {width}, BK):  # the channels, a block of BK columns at a time",
+            f"    {nm}_c = {nm}_cb + tl.arange(0, BK)"]
     if not by_channel_blocks:
-        lines = [pairs[0], *first, *pairs[1:]]
-    else:
-        block = [f"{nm}_c = {nm}_cb + tl.arange(0, BK)", *pairs]
-        if blocked_result:
-            block.append(f"tl.store({result_slot} + {_local_offsets(v.axes, cols)}, {acc})")
-        lines = [*first, *([f"{nm} = tl.zeros({tile_shape(v.axes)}, DTYPE)"] if not blocked_result else []),
-                 f"for {nm}_cb in range(0, {width}, BK):  # the channels, a block of BK columns at a time",
-                 *["    " + x for x in block]]
-        if blocked_result:
-            lines += ["tl.debug_barrier()  # the blocks other threads stored",
-                      f"{nm} = tl.load({result_slot} + {_local_offsets(v.axes)})"]
+        lines = [zeros, starts, *pairs]
+    elif not blocked_result:  # the blocks' sums add into one (t, s) tile
+        lines = [starts, zeros, *loop, *["    " + x for x in pairs]]
+    else:  # each block's columns stored where they belong, the whole tile read back after the last
+        block = [zeros, *pairs, f"tl.store({result_slot} + {_local_offsets(v.axes, cols)}, {acc})"]
+        lines = [starts, *loop, *["    " + x for x in block], "tl.debug_barrier()  # the blocks other threads stored",
+                 f"{nm} = tl.load({result_slot} + {_local_offsets(v.axes)})"]
     return lines + ([f"{nm} = {nm} * {name(mask)}"] if m == chan else [])
 
 
@@ -352,8 +349,7 @@ def _across_sub_chunks(v: Value, bases: dict[int, str], anchor_rows: str, acc: s
     tile the products add into; `cols`: the channel block's columns, by channel blocks."""
     x, y, a, b, _ = v.args
     m, chan = _summed_axis(v), ir.decay_channel(v)
-    nm, width = name(v), SHAPE[chan]
-    pos = "tl.arange(0, C)"
+    nm, width, pos = name(v), SHAPE[chan], "tl.arange(0, C)"
 
     def whole(z: Value) -> str:
         return f"tl.load({bases[z.id]} + {_local_offsets(z.axes, cols)})" if z.id in bases else name(z)
