@@ -248,7 +248,7 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
     GPU launch takes: its default, or with `spill_guard` (and no block or warps given) the first candidate that
     compiles without spills where the default spills (mirasc.backends.tuning.SpillGuard, the same choice by the
     same rule); the row gives the default's stack too."""
-    from .backends.triton import check_sizes, head_block, hidden_block, num_warps, value_block
+    from .backends.triton import channel_block, check_sizes, hidden_block, num_warps, value_block
     from .backends.triton import row_block as default_row_block
     from .backends.triton import sub_chunk as default_sub_chunk
     from .backends.tuning import Config, candidates
@@ -291,7 +291,7 @@ def aot_report(spec, arch: int = 90, chunk_size: int = 64, head_dim: int = 64, d
                              (sub_chunk or default_sub_chunk(chunk_size, on_gpu=True)) if job["sub_chunks"] else 0,
                              row_block=(row_block or default_row_block(chunk_size, on_gpu=True))
                              if job["row_blocks"] else 0,
-                             head_block=head_block(head_dim, arch) if job["channel_blocks"] else 0)
+                             head_block=channel_block(head_dim) if job["channel_blocks"] else 0)
             configs = candidates(default, job["value_blocks"], head_dim, hidden, True, chunk_size,
                                  job["swappable"], job["grid"] == "sequences", job["rereads"],
                                  job["holds_params"]) if guard else [default]

@@ -470,9 +470,11 @@ def test_channel_decay_products_go_by_channel_blocks():
     """An MLP memory's channel-decay products held (C, D) tiles whole through their sub-chunk steps: Yaad's first
     key-gradient term at sm_90a, D = 128 spilled 552 B a thread with its default config, all of it on those lines.
     Made by blocks of BK channel columns, every factor read from scratch memory by that block
-    (emit_triton.decayed_product), it spilled 216 B; the bar is half the old figure."""
+    (emit_triton.decayed_product), it spilled 216 B by blocks of 64 and none by blocks of 32, the launcher's BK there
+    now (`channel_block`); the bar is half the figure by blocks of 64."""
     pytest.importorskip("triton", reason="ahead-of-time compilation needs the triton package")
     from mirasc.aot import aot_report
+    from mirasc.backends.triton import channel_block
     from mirasc.codegen import generate_triton
     from mirasc.loader import load
 
@@ -487,7 +489,8 @@ def test_channel_decay_products_go_by_channel_blocks():
         assert f"{product}_c[None, :]" in steps and "tl.arange(0, D)[None, :]" not in steps, steps
     (row,) = aot_report("yaad", arch=90, chunk_size=64, head_dim=128, only=[kernel], timeout=240,
                         spill_guard=False)
-    assert row.ok and row.mma > 0 and row.stack <= 552 // 2, (row.stack, row.error)
+    assert (channel_block(128), channel_block(16)) == (32, 16) and row.head_block == 32
+    assert row.ok and row.mma > 0 and row.stack <= 216 // 2, (row.stack, row.error)
 
 
 def test_an_a100_gets_the_register_ceiling():

@@ -96,6 +96,18 @@ HEAD_BLOCK = 64
 INTERPRETER_HEAD_BLOCK: int | None = None  # as INTERPRETER_HIDDEN_BLOCK, for the head axis
 
 
+def channel_block(head_dim: int) -> int:
+    """BK of a kernel that makes its channel-decay products by blocks of channel columns (an MLP memory's chunk-parallel
+    kernels, emit_triton.decayed_product): 32 on every GPU (or the whole head where it is smaller). On sm_80 it was
+    32 from the first (`head_block`); on sm_90a, D = 128, blocks of 32 against 64 took Yaad's kernels, each with its
+    default config, from 7,992 B of stack in all to 3,456, Moneta's from 14,032 to 8,048 and Memora's from 19,504 to
+    10,776 (bench/README.md, "Channel blocks of 32 on an H100"). The spill guard also tries the whole head."""
+    return min(head_dim, CHANNEL_BLOCK)
+
+
+CHANNEL_BLOCK = 32
+
+
 def sub_chunk(chunk_size: int, on_gpu: bool) -> int:
     """BC, the sub-chunk of a channel-decay product (mirasc.emit_triton.decayed_product): pairs of tokens in one
     sub-chunk are made a pair at a time, the rest by matrix products. 16 on a GPU (flash-linear-attention's chunk_gla
@@ -216,6 +228,7 @@ class _Launch:
         self.BH = hidden_block(self.HID, self.D) if q.is_cuda else min(self.HID, INTERPRETER_HIDDEN_BLOCK or self.HID)
         self.BV = value_block(self.D, _arch(q.device)) if q.is_cuda else min(self.D, INTERPRETER_VALUE_BLOCK or self.D)
         self.BK = head_block(self.D, _arch(q.device)) if q.is_cuda else min(self.D, INTERPRETER_HEAD_BLOCK or self.D)
+        self.channel_block = channel_block(self.D) if q.is_cuda else self.BK
         check_sizes(self.C, self.D, self.HID, on_gpu=q.is_cuda)
         if precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
@@ -257,7 +270,7 @@ class _Launch:
         bc = sub_chunk(self.C, self.on_gpu) if info["sub_chunks"] else 0
         br = row_block(self.C, self.on_gpu) if info["row_blocks"] else 0
         return Config(num_warps(self.C, self.D, self.HID, info["tiles"], info["value_blocks"] != "none"), bv,
-                      self.BH, bc, row_block=br, head_block=self.BK if info["channel_blocks"] else 0)
+                      self.BH, bc, row_block=br, head_block=self.channel_block if info["channel_blocks"] else 0)
 
     def run(self, kernels: dict, job: str, *args) -> None:
         """Launch one job's kernel with the config `choose` gives it."""
